@@ -1,0 +1,35 @@
+// Interface between the GPU backend's host side (kernels/gpu/backend_gpu.cpp: memory, devices,
+// dispatch) and the kernel families (tensor-core kernels in kernels/gpu/fwd, kernels/gpu/bwd;
+// the portable fallback in kernels/gpu/fallback). Compiled by nvcc and by hipcc; host code only
+// sees these declarations.
+#pragma once
+#include "flashplus/params.h"
+#include "flashplus/status.h"
+
+namespace flashplus::gpu {
+
+// Run-time kernel configuration, chosen from the tuned table or the heuristic (never constants
+// buried in a kernel). A kernel family rejects configurations it has no instance for.
+struct KernelConfig {
+  int block_m = 0;   // query rows per thread block (0 = family default)
+  int block_n = 0;   // key columns per main-loop step (0 = family default)
+  int num_warps = 0; // warps per block (0 = family default)
+  int stages = 0;    // shared-memory pipeline depth (0 = family default)
+  int num_splits = 1;
+};
+
+// The GPU architecture the current device reports, e.g. 80, 86, 90 (NVIDIA) or 90a-as-900 (AMD
+// gfx90a -> 9010; see platform/arch.h).
+int current_arch(int device_index);
+
+// Tensor-core forward/backward (mma.sync on sm_80+, MFMA on CDNA where implemented).
+// Return no_instance when (dtype, head_dim, arch, config) has no compiled instance, so the caller
+// can fall back. `stream` is a cudaStream_t / hipStream_t.
+Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream);
+Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream);
+
+// Portable fallback (no tensor cores; any dtype incl. fp32, any head_dim <= 256, any arch).
+Status run_fwd_fallback(const AttnParams& p, void* stream);
+Status run_bwd_fallback(const AttnParams& p, void* stream);
+
+}  // namespace flashplus::gpu

@@ -1,0 +1,128 @@
+// The one dispatch point: validate once (params.cpp), resolve the backend, call it.
+#include <fmt/format.h>
+
+#include "backend.h"
+#include "flashplus/api.h"
+#include "params.h"
+
+namespace flashplus {
+namespace detail {
+
+#ifndef FLASHPLUS_HAVE_CUDA
+const BackendOps* cuda_ops() { return nullptr; }
+#endif
+#ifndef FLASHPLUS_HAVE_HIP
+const BackendOps* hip_ops() { return nullptr; }
+#endif
+
+const BackendOps* ops_for(Backend b) {
+  switch (b) {
+    case Backend::cpu: return cpu_ops();
+    case Backend::cuda: return cuda_ops();
+    case Backend::hip: return hip_ops();
+    case Backend::auto_select: return ops_for(best_backend());
+  }
+  return nullptr;
+}
+
+namespace {
+
+// The backend that runs tensors living on `device`, honouring an explicit request.
+Status resolve(const RunOptions& opts, DeviceKind device, const BackendOps** ops) {
+  Backend want = opts.backend;
+  if (want == Backend::auto_select) {
+    want = device == DeviceKind::cuda ? Backend::cuda
+           : device == DeviceKind::hip ? Backend::hip
+                                       : Backend::cpu;
+  }
+  const BackendOps* o = ops_for(want);
+  if (o == nullptr)
+    return Status::Unsupported(
+        fmt::format("the {} backend is not compiled into this build", backend_name(want)));
+  if (o->device_kind != device)
+    return Status::Invalid(fmt::format("tensors are in {} memory but the {} backend was requested",
+                                       device_name(device), backend_name(want)));
+  *ops = o;
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace detail
+
+const char* backend_name(Backend b) {
+  switch (b) {
+    case Backend::auto_select: return "auto";
+    case Backend::cpu: return "cpu";
+    case Backend::cuda: return "cuda";
+    case Backend::hip: return "hip";
+  }
+  return "?";
+}
+
+bool parse_backend(const std::string& s, Backend* out) {
+  for (Backend b : {Backend::auto_select, Backend::cpu, Backend::cuda, Backend::hip}) {
+    if (s == backend_name(b)) {
+      *out = b;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<Backend> compiled_backends() {
+  std::vector<Backend> r{Backend::cpu};
+  if (detail::cuda_ops()) r.push_back(Backend::cuda);
+  if (detail::hip_ops()) r.push_back(Backend::hip);
+  return r;
+}
+
+std::vector<DeviceDesc> list_devices() {
+  std::vector<DeviceDesc> r;
+  for (Backend b : compiled_backends()) {
+    auto d = detail::ops_for(b)->devices();
+    r.insert(r.end(), d.begin(), d.end());
+  }
+  return r;
+}
+
+Backend best_backend() {
+  for (Backend b : {Backend::cuda, Backend::hip}) {
+    const detail::BackendOps* o = detail::ops_for(b);
+    if (o && !o->devices().empty()) return b;
+  }
+  return Backend::cpu;
+}
+
+Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
+               float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
+               int window_size_right, float softcap, bool return_softmax,
+               const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_fwd_params(
+      q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
+      window_size_left, window_size_right, softcap, return_softmax, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
+  return ops->fwd(p, opts);
+}
+
+Status mha_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
+               const TensorView& v, const TensorView& out, const TensorView& softmax_lse,
+               const TensorView& dq, const TensorView& dk, const TensorView& dv,
+               const std::optional<TensorView>& alibi_slopes, float p_dropout,
+               float softmax_scale, bool is_causal, int window_size_left, int window_size_right,
+               float softcap, bool deterministic, const std::optional<TensorView>& softmax_d,
+               const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_bwd_params(
+      dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, p_dropout, softmax_scale,
+      is_causal, window_size_left, window_size_right, softcap, deterministic, softmax_d, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  // The backend writes every element of dq, dk, dv (zeros where nothing contributes).
+  return ops->bwd(p, opts);
+}
+
+}  // namespace flashplus

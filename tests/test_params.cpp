@@ -1,0 +1,279 @@
+// Every argument error is reported once, at the API boundary, with a message — never a crash.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "flashplus/api.h"
+#include "params.h"  // kernels/src: canonicalize_window
+
+using namespace flashplus;
+
+namespace {
+
+// Valid fwd arguments on the CPU (b=2, sq=5, sk=7, h=4, hk=2, d=16) that each test breaks once.
+struct FwdArgs {
+  std::vector<float> qb, kb, vb, ob, lb;
+  TensorView q, k, v, out, lse;
+  std::optional<TensorView> alibi;
+  float scale = 0.f, softcap = 0.f;
+  bool causal = false;
+  int wl = -1, wr = -1;
+  FwdArgs() : qb(2 * 5 * 4 * 16, 0.5f), kb(2 * 7 * 2 * 16, 0.25f), vb(kb), ob(qb), lb(2 * 4 * 5) {
+    q = TensorView::contiguous(qb.data(), DType::f32, {2, 5, 4, 16});
+    k = TensorView::contiguous(kb.data(), DType::f32, {2, 7, 2, 16});
+    v = TensorView::contiguous(vb.data(), DType::f32, {2, 7, 2, 16});
+    out = TensorView::contiguous(ob.data(), DType::f32, {2, 5, 4, 16});
+    lse = TensorView::contiguous(lb.data(), DType::f32, {2, 4, 5});
+  }
+  Status run() const {
+    return mha_fwd(q, k, v, out, lse, alibi, 0.f, scale, causal, wl, wr, softcap, false);
+  }
+};
+
+void require_invalid(const Status& st, const std::string& fragment) {
+  INFO("status: " << st.to_string());
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.code() == StatusCode::invalid_args);
+  CHECK(st.message().find(fragment) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("valid arguments run", "[params]") {
+  FwdArgs a;
+  Status st = a.run();
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+}
+
+TEST_CASE("argument errors are reported, not crashed on", "[params]") {
+  FwdArgs a;
+  SECTION("mixed dtypes") {
+    a.k.dtype = DType::f16;
+    require_invalid(a.run(), "k must have dtype fp32");
+  }
+  SECTION("integer q") {
+    a.q.dtype = DType::i32;
+    require_invalid(a.run(), "q must have dtype");
+  }
+  SECTION("shape mismatch between k and v") {
+    a.v.shape[1] = 6;
+    require_invalid(a.run(), "v must have shape (2, 7, 2, 16)");
+  }
+  SECTION("head_dim mismatch") {
+    a.k.shape[3] = 8;
+    require_invalid(a.run(), "k must have shape");
+  }
+  SECTION("out shape") {
+    a.out.shape[2] = 3;
+    require_invalid(a.run(), "out must have shape");
+  }
+  SECTION("lse shape") {
+    a.lse.shape[2] = 4;
+    require_invalid(a.run(), "softmax_lse must have shape (2, 4, 5)");
+  }
+  SECTION("nheads not divisible by nheads_k") {
+    a.q.shape[2] = 3;
+    a.out.shape[2] = 3;
+    a.lse.shape[1] = 3;
+    require_invalid(a.run(), "must divide");
+  }
+  SECTION("head_dim 0") {
+    for (TensorView* t : {&a.q, &a.k, &a.v, &a.out}) t->shape[3] = 0;
+    require_invalid(a.run(), "head_dim must be in 1..256");
+  }
+  SECTION("head_dim 257") {
+    for (TensorView* t : {&a.q, &a.k, &a.v, &a.out}) t->shape[3] = 257;
+    require_invalid(a.run(), "head_dim must be in 1..256");
+  }
+  SECTION("non-unit stride in the last dimension") {
+    a.v.stride[3] = 2;
+    require_invalid(a.run(), "v must have contiguous last dimension");
+  }
+  SECTION("null pointer") {
+    a.k.data = nullptr;
+    require_invalid(a.run(), "k is a null pointer");
+  }
+  SECTION("null output") {
+    a.out.data = nullptr;
+    require_invalid(a.run(), "out is a null pointer");
+  }
+  SECTION("window below -1") {
+    a.wl = -2;
+    require_invalid(a.run(), "window sizes must be >= -1");
+  }
+  SECTION("right window below -1") {
+    a.wr = -5;
+    require_invalid(a.run(), "window sizes must be >= -1");
+  }
+  SECTION("negative softcap") {
+    a.softcap = -1.f;
+    require_invalid(a.run(), "softcap must be >= 0");
+  }
+  SECTION("NaN softcap") {
+    a.softcap = std::numeric_limits<float>::quiet_NaN();
+    require_invalid(a.run(), "softcap");
+  }
+  SECTION("NaN scale") {
+    a.scale = std::numeric_limits<float>::quiet_NaN();
+    require_invalid(a.run(), "softmax_scale must be finite");
+  }
+  SECTION("infinite scale") {
+    a.scale = std::numeric_limits<float>::infinity();
+    require_invalid(a.run(), "softmax_scale must be finite");
+  }
+  SECTION("3-d q") {
+    a.q.ndim = 3;
+    require_invalid(a.run(), "q must have 4 dimensions");
+  }
+  SECTION("batch 0") {
+    for (TensorView* t : {&a.q, &a.k, &a.v, &a.out, &a.lse}) t->shape[0] = 0;
+    require_invalid(a.run(), "batch size must be positive");
+  }
+  SECTION("alibi wrong dtype") {
+    std::vector<float> s(4, 0.1f);
+    a.alibi = TensorView::contiguous(s.data(), DType::f16, {4});
+    require_invalid(a.run(), "ALiBi slopes must have dtype fp32");
+  }
+  SECTION("alibi wrong shape") {
+    std::vector<float> s(3, 0.1f);
+    a.alibi = TensorView::contiguous(s.data(), DType::f32, {3});
+    require_invalid(a.run(), "alibi_slopes must have shape (4) or (2, 4)");
+  }
+  SECTION("tensors on different devices") {
+    a.v.device = DeviceKind::cuda;
+    require_invalid(a.run(), "v must be on the same device as q");
+  }
+  SECTION("dropout out of range") {
+    Status st = mha_fwd(a.q, a.k, a.v, a.out, a.lse, std::nullopt, 1.5f, 0.f, false, -1, -1,
+                        0.f, false);
+    require_invalid(st, "p_dropout must be in [0, 1)");
+  }
+  SECTION("return_softmax without dropout") {
+    Status st = mha_fwd(a.q, a.k, a.v, a.out, a.lse, std::nullopt, 0.f, 0.f, false, -1, -1,
+                        0.f, true);
+    require_invalid(st, "return_softmax is only supported when p_dropout > 0.0");
+  }
+}
+
+TEST_CASE("a backend that is not compiled or mismatches memory is refused", "[params]") {
+  FwdArgs a;
+  RunOptions o;
+  o.backend = Backend::hip;
+  Status st = mha_fwd(a.q, a.k, a.v, a.out, a.lse, std::nullopt, 0.f, 0.f, false, -1, -1, 0.f,
+                      false, o);
+  REQUIRE_FALSE(st.ok());
+  // Either not compiled (unsupported) or compiled but the tensors are host memory (invalid).
+  CHECK((st.code() == StatusCode::unsupported || st.code() == StatusCode::invalid_args));
+}
+
+TEST_CASE("backward argument errors", "[params]") {
+  FwdArgs a;
+  std::vector<float> dob(a.qb.size(), 0.1f), dqb(a.qb.size()), dkb(a.kb.size()), dvb(a.kb.size());
+  TensorView dout = TensorView::contiguous(dob.data(), DType::f32, {2, 5, 4, 16});
+  TensorView dq = TensorView::contiguous(dqb.data(), DType::f32, {2, 5, 4, 16});
+  TensorView dk = TensorView::contiguous(dkb.data(), DType::f32, {2, 7, 2, 16});
+  TensorView dv = TensorView::contiguous(dvb.data(), DType::f32, {2, 7, 2, 16});
+  auto run = [&] {
+    return mha_bwd(dout, a.q, a.k, a.v, a.out, a.lse, dq, dk, dv, std::nullopt, 0.f, 0.f, false,
+                   -1, -1, 0.f, false);
+  };
+  REQUIRE(a.run().ok());
+  SECTION("valid") { REQUIRE(run().ok()); }
+  SECTION("dk shaped like q") {
+    dk = TensorView::contiguous(dkb.data(), DType::f32, {2, 7, 4, 8});
+    require_invalid(run(), "dk must have shape (2, 7, 2, 16)");
+  }
+  SECTION("dout dtype") {
+    dout.dtype = DType::bf16;
+    require_invalid(run(), "dout must have dtype fp32");
+  }
+  SECTION("dq null") {
+    dq.data = nullptr;
+    require_invalid(run(), "dq is a null pointer");
+  }
+}
+
+TEST_CASE("window canonicalisation follows upstream (API.md 2.3)", "[params]") {
+  using detail::canonicalize_window;
+  SECTION("no mask stays unbounded") {
+    auto w = canonicalize_window(8, 8, false, -1, -1, false);
+    CHECK(w.left == -1);
+    CHECK(w.right == -1);
+    CHECK_FALSE(w.is_causal);
+  }
+  SECTION("causal is pure causal, left bound replaced by seqlen_k") {
+    auto w = canonicalize_window(4, 9, true, -1, -1, false);
+    CHECK(w.is_causal);
+    CHECK(w.left == 9);
+    CHECK(w.right == 0);
+  }
+  SECTION("causal with one query row and no ALiBi is non-causal") {
+    auto w = canonicalize_window(1, 9, true, -1, -1, false);
+    CHECK_FALSE(w.is_causal);
+    CHECK(w.left == -1);
+    CHECK(w.right == -1);
+  }
+  SECTION("causal with one query row and ALiBi stays causal") {
+    auto w = canonicalize_window(1, 9, true, -1, -1, true);
+    CHECK(w.is_causal);
+  }
+  SECTION("window (-1, 0) is pure causal too") {
+    auto w = canonicalize_window(6, 6, false, -1, 0, false);
+    CHECK(w.is_causal);
+  }
+  SECTION("too-wide windows become unbounded") {
+    auto w = canonicalize_window(6, 6, false, 6, 100, false);
+    CHECK(w.left == -1);
+    CHECK(w.right == -1);
+  }
+  SECTION("causal with a left window keeps it") {
+    auto w = canonicalize_window(6, 6, true, 2, -1, false);
+    CHECK_FALSE(w.is_causal);
+    CHECK(w.left == 2);
+    CHECK(w.right == 0);
+  }
+  SECTION("a bounded right side with wr >= seqlen_k is re-bounded at seqlen_k") {
+    auto w = canonicalize_window(10, 4, false, 1, 7, false);
+    CHECK(w.left == 1);
+    CHECK(w.right == 4);
+  }
+}
+
+TEST_CASE("key_range matches the visibility rule", "[params]") {
+  // Brute force the literal rule of API.md 2.3 against AttnParams::key_range after
+  // canonicalisation, for cases where both agree (Sq <= Sk* + 1).
+  for (int sq : {1, 3, 7}) {
+    for (int sk : {0, 1, 5, 8}) {
+      for (int wl : {-1, 0, 2}) {
+        for (int wr : {-1, 0, 3}) {
+          for (bool causal : {false, true}) {
+            if (sq > sk + 1) continue;
+            auto w = detail::canonicalize_window(sq, sk, causal, wl, wr, false);
+            AttnParams p;
+            p.seqlen_q = sq;
+            p.seqlen_k = sk;
+            p.window_left = w.left;
+            p.window_right = w.right;
+            const int wr_eff = causal ? 0 : wr;
+            for (int i = 0; i < sq; ++i) {
+              int lo, hi;
+              p.key_range(i, &lo, &hi);
+              for (int j = 0; j < sk; ++j) {
+                const int off = sk - sq;
+                bool vis = true;
+                if (wl >= 0 && j < i + off - wl) vis = false;
+                if (wr_eff >= 0 && j > i + off + wr_eff) vis = false;
+                INFO("sq=" << sq << " sk=" << sk << " wl=" << wl << " wr=" << wr
+                           << " causal=" << causal << " i=" << i << " j=" << j);
+                CHECK(vis == (j >= lo && j < hi));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
