@@ -5,18 +5,15 @@
 #pragma once
 #include "flashplus/params.h"
 #include "flashplus/status.h"
+#include "flashplus/tuning.h"
 
 namespace flashplus::gpu {
 
-// Run-time kernel configuration, chosen from the tuned table or the heuristic (never constants
-// buried in a kernel). A kernel family rejects configurations it has no instance for.
-struct KernelConfig {
-  int block_m = 0;   // query rows per thread block (0 = family default)
-  int block_n = 0;   // key columns per main-loop step (0 = family default)
-  int num_warps = 0; // warps per block (0 = family default)
-  int stages = 0;    // shared-memory pipeline depth (0 = family default)
-  int num_splits = 1;
-};
+// Run-time kernel configuration (flashplus/tuning.h): chosen from the tuned table or the
+// heuristic, never constants buried in a kernel. A kernel family rejects configurations it has no
+// instance for (Status::NoInstance). Fields: block_m, block_n, num_warps, stages, num_splits;
+// 0 = the family's default.
+using KernelConfig = ::flashplus::KernelConfig;
 
 // The GPU architecture the current device reports, e.g. 80, 86, 90 (NVIDIA) or 90a-as-900 (AMD
 // gfx90a -> 9010; see platform/arch.h).

@@ -1,0 +1,103 @@
+// Tuned tables: run-time kernel configurations, as data (STYLE.md 5).
+//
+// A table maps a kernel key (backend arch, dtype, head-dim bucket, mask kind, mode) to the
+// configuration `flashplus autotune` measured best. The library loads the table for the current
+// device once (thread-safe) and falls back to built-in heuristics for missing keys. A corrupt,
+// foreign-version or unreadable table never crashes and never picks a wrong kernel: one warning
+// line on stderr, then the heuristics. Schema: docs/TUNING.md.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "flashplus/status.h"
+#include "flashplus/tensor.h"
+
+namespace flashplus {
+
+// One kernel configuration. 0 in a field means "the kernel family's default".
+struct KernelConfig {
+  int block_m = 0;     // query rows per tile / thread block
+  int block_n = 0;     // key columns per main-loop step
+  int num_warps = 0;   // GPU: warps per block
+  int stages = 0;      // GPU: shared-memory pipeline depth
+  int num_splits = 0;  // split-KV pieces (decode); 0 = choose
+  bool operator==(const KernelConfig& o) const {
+    return block_m == o.block_m && block_n == o.block_n && num_warps == o.num_warps &&
+           stages == o.stages && num_splits == o.num_splits;
+  }
+  bool operator!=(const KernelConfig& o) const { return !(*this == o); }
+  // "m128n64w4s2k1"
+  std::string to_string() const;
+};
+
+// Mask kinds that select different kernels/configs.
+enum class MaskKind { none, causal, window };
+const char* mask_kind_name(MaskKind m);
+
+struct TuneKey {
+  std::string arch;  // "sm_90", "gfx90a", "cpu"
+  DType dtype = DType::bf16;
+  int head_dim_bucket = 128;  // head_dim_bucket(head_dim)
+  MaskKind mask = MaskKind::none;
+  std::string mode = "fwd";   // "fwd" | "bwd"
+  // "sm_90/bf16/d128/causal/fwd": the table's key string.
+  std::string to_string() const;
+  static bool parse(const std::string& s, TuneKey* out);
+};
+
+// Head dims are tuned in buckets of 32 (1..32 -> 32, 33..64 -> 64, ...).
+inline int head_dim_bucket(int head_dim) { return (head_dim + 31) / 32 * 32; }
+
+struct TunedEntry {
+  KernelConfig config;
+  std::string kernel;         // the winning instance's name
+  double time_ms = 0;         // its median time on the tuning workload
+  std::string runner_up;      // second best ("" if only one candidate)
+  double runner_up_ms = 0;
+  std::string workload;       // the shape it was tuned on, e.g. "b1 sq4096 sk4096 h32 hk32"
+};
+
+class TunedTable {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Parse a table. Errors name the file and the offending key.
+  static Status load(const std::string& path, TunedTable* out);
+  static Status parse(const std::string& text, const std::string& origin, TunedTable* out);
+  // Write atomically: a temp file in the same folder, then rename over `path`.
+  Status save(const std::string& path) const;
+  std::string dump() const;
+  // Entries of `other` replace ours with the same key; other keys are kept.
+  void merge(const TunedTable& other);
+
+  const TunedEntry* find(const TuneKey& key) const;
+  void set(const TuneKey& key, const TunedEntry& e) { entries_[key.to_string()] = e; }
+  const std::map<std::string, TunedEntry>& entries() const { return entries_; }
+
+  // Metadata written by autotune.
+  std::string device;        // "NVIDIA H100 80GB HBM3"
+  std::string fingerprint;   // "sm_90:132sm" — what a table must match to be used
+  std::string git_revision;
+  std::string created;       // ISO date
+
+ private:
+  std::map<std::string, TunedEntry> entries_;
+};
+
+// ---- the table in use ----------------------------------------------------------------------
+// Loaded once per process from $FLASHPLUS_TUNED_TABLE, else configs/tuned/<fingerprint>.json
+// next to the executable (../configs, ../../configs) or under the install prefix. Returns
+// nullptr when no usable table exists (the heuristics are used).
+const TunedTable* active_table(const std::string& fingerprint);
+// Where the active table came from, or why none is used ("none: ..."), for `flashplus info`.
+std::string active_table_source(const std::string& fingerprint);
+// Tests: forget the cached table so the next call reloads (not thread-safe with lookups).
+void reset_active_tables_for_testing();
+
+// The configuration to run for `key`: the tuned entry if one exists, else `heuristic`.
+// `from_table` (optional) tells which one was used.
+KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
+                           const KernelConfig& heuristic, bool* from_table = nullptr);
+
+}  // namespace flashplus

@@ -1,0 +1,343 @@
+#include "flashplus/tuning.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace flashplus {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string KernelConfig::to_string() const {
+  return fmt::format("m{}n{}w{}s{}k{}", block_m, block_n, num_warps, stages, num_splits);
+}
+
+const char* mask_kind_name(MaskKind m) {
+  switch (m) {
+    case MaskKind::none: return "none";
+    case MaskKind::causal: return "causal";
+    case MaskKind::window: return "window";
+  }
+  return "?";
+}
+
+std::string TuneKey::to_string() const {
+  return fmt::format("{}/{}/d{}/{}/{}", arch, dtype_name(dtype), head_dim_bucket,
+                     mask_kind_name(mask), mode);
+}
+
+bool TuneKey::parse(const std::string& s, TuneKey* out) {
+  std::vector<std::string> parts;
+  std::stringstream ss(s);
+  for (std::string p; std::getline(ss, p, '/');) parts.push_back(p);
+  if (parts.size() != 5 || parts[0].empty()) return false;
+  TuneKey k;
+  k.arch = parts[0];
+  bool dt = false;
+  for (DType t : {DType::f32, DType::f16, DType::bf16})
+    if (parts[1] == dtype_name(t)) k.dtype = t, dt = true;
+  if (!dt) return false;
+  if (parts[2].size() < 2 || parts[2][0] != 'd') return false;
+  try {
+    size_t pos = 0;
+    k.head_dim_bucket = std::stoi(parts[2].substr(1), &pos);
+    if (pos != parts[2].size() - 1) return false;
+  } catch (...) {
+    return false;
+  }
+  if (k.head_dim_bucket <= 0 || k.head_dim_bucket > 256 || k.head_dim_bucket % 32) return false;
+  bool mk = false;
+  for (MaskKind m : {MaskKind::none, MaskKind::causal, MaskKind::window})
+    if (parts[3] == mask_kind_name(m)) k.mask = m, mk = true;
+  if (!mk) return false;
+  if (parts[4] != "fwd" && parts[4] != "bwd") return false;
+  k.mode = parts[4];
+  *out = k;
+  return true;
+}
+
+namespace {
+
+Status bad(const std::string& origin, const std::string& key, const std::string& why) {
+  return Status::Invalid(fmt::format("{}: {}: {}", origin, key, why));
+}
+
+Status read_int(const json& obj, const char* name, const std::string& origin,
+                const std::string& where, int lo, int hi, int* out) {
+  auto it = obj.find(name);
+  if (it == obj.end()) return Status::Ok();  // optional: 0 = family default
+  if (!it->is_number_integer())
+    return bad(origin, where + "." + name, "must be an integer");
+  const long long v = it->get<long long>();
+  if (v < lo || v > hi)
+    return bad(origin, where + "." + name, fmt::format("must be in {}..{}, got {}", lo, hi, v));
+  *out = static_cast<int>(v);
+  return Status::Ok();
+}
+
+Status check_keys(const json& obj, std::initializer_list<const char*> allowed,
+                  const std::string& origin, const std::string& where) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    bool ok = false;
+    for (const char* a : allowed) ok = ok || it.key() == a;
+    if (!ok) return bad(origin, where.empty() ? it.key() : where + "." + it.key(), "unknown key");
+  }
+  return Status::Ok();
+}
+
+Status read_string(const json& obj, const char* name, const std::string& origin,
+                   const std::string& where, std::string* out) {
+  auto it = obj.find(name);
+  if (it == obj.end()) return Status::Ok();
+  if (!it->is_string()) return bad(origin, where + name, "must be a string");
+  *out = it->get<std::string>();
+  return Status::Ok();
+}
+
+Status read_number(const json& obj, const char* name, const std::string& origin,
+                   const std::string& where, double* out) {
+  auto it = obj.find(name);
+  if (it == obj.end()) return Status::Ok();
+  if (!it->is_number() || it->get<double>() < 0)
+    return bad(origin, where + "." + name, "must be a non-negative number");
+  *out = it->get<double>();
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status TunedTable::parse(const std::string& text, const std::string& origin, TunedTable* out) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::Invalid(fmt::format("{}: not valid JSON", origin));
+  if (!j.is_object()) return Status::Invalid(fmt::format("{}: must be a JSON object", origin));
+  FLASHPLUS_RETURN_IF_ERROR(check_keys(
+      j, {"schema_version", "device", "fingerprint", "git_revision", "created", "entries"}, origin,
+      ""));
+  auto ver = j.find("schema_version");
+  if (ver == j.end() || !ver->is_number_integer())
+    return bad(origin, "schema_version", "missing or not an integer");
+  if (ver->get<int>() != kSchemaVersion)
+    return bad(origin, "schema_version",
+               fmt::format("version {} is not the supported version {}", ver->get<int>(),
+                           kSchemaVersion));
+  TunedTable t;
+  FLASHPLUS_RETURN_IF_ERROR(read_string(j, "device", origin, "", &t.device));
+  FLASHPLUS_RETURN_IF_ERROR(read_string(j, "fingerprint", origin, "", &t.fingerprint));
+  FLASHPLUS_RETURN_IF_ERROR(read_string(j, "git_revision", origin, "", &t.git_revision));
+  FLASHPLUS_RETURN_IF_ERROR(read_string(j, "created", origin, "", &t.created));
+  if (t.fingerprint.empty()) return bad(origin, "fingerprint", "missing");
+  auto ents = j.find("entries");
+  if (ents == j.end() || !ents->is_object()) return bad(origin, "entries", "missing or not an object");
+  for (auto it = ents->begin(); it != ents->end(); ++it) {
+    const std::string where = "entries." + it.key();
+    TuneKey key;
+    if (!TuneKey::parse(it.key(), &key))
+      return bad(origin, where, "not a kernel key of the form arch/dtype/dNN/mask/mode");
+    const json& e = it.value();
+    if (!e.is_object()) return bad(origin, where, "must be an object");
+    FLASHPLUS_RETURN_IF_ERROR(check_keys(
+        e, {"kernel", "config", "time_ms", "runner_up", "runner_up_ms", "workload"}, origin,
+        where));
+    TunedEntry te;
+    FLASHPLUS_RETURN_IF_ERROR(read_string(e, "kernel", origin, where + ".", &te.kernel));
+    FLASHPLUS_RETURN_IF_ERROR(read_string(e, "runner_up", origin, where + ".", &te.runner_up));
+    FLASHPLUS_RETURN_IF_ERROR(read_string(e, "workload", origin, where + ".", &te.workload));
+    FLASHPLUS_RETURN_IF_ERROR(read_number(e, "time_ms", origin, where, &te.time_ms));
+    FLASHPLUS_RETURN_IF_ERROR(read_number(e, "runner_up_ms", origin, where, &te.runner_up_ms));
+    auto c = e.find("config");
+    if (c == e.end() || !c->is_object()) return bad(origin, where + ".config", "missing or not an object");
+    const std::string cw = where + ".config";
+    FLASHPLUS_RETURN_IF_ERROR(check_keys(
+        *c, {"block_m", "block_n", "num_warps", "stages", "num_splits"}, origin, cw));
+    FLASHPLUS_RETURN_IF_ERROR(read_int(*c, "block_m", origin, cw, 0, 1024, &te.config.block_m));
+    FLASHPLUS_RETURN_IF_ERROR(read_int(*c, "block_n", origin, cw, 0, 1024, &te.config.block_n));
+    FLASHPLUS_RETURN_IF_ERROR(read_int(*c, "num_warps", origin, cw, 0, 32, &te.config.num_warps));
+    FLASHPLUS_RETURN_IF_ERROR(read_int(*c, "stages", origin, cw, 0, 8, &te.config.stages));
+    FLASHPLUS_RETURN_IF_ERROR(read_int(*c, "num_splits", origin, cw, 0, 128, &te.config.num_splits));
+    t.entries_[key.to_string()] = te;
+  }
+  *out = std::move(t);
+  return Status::Ok();
+}
+
+Status TunedTable::load(const std::string& path, TunedTable* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Status::Invalid(fmt::format("{}: cannot open", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return Status::Invalid(fmt::format("{}: read error", path));
+  return parse(ss.str(), path, out);
+}
+
+std::string TunedTable::dump() const {
+  json ents = json::object();
+  for (const auto& [k, e] : entries_) {
+    ents[k] = {{"kernel", e.kernel},
+               {"config",
+                {{"block_m", e.config.block_m},
+                 {"block_n", e.config.block_n},
+                 {"num_warps", e.config.num_warps},
+                 {"stages", e.config.stages},
+                 {"num_splits", e.config.num_splits}}},
+               {"time_ms", e.time_ms},
+               {"runner_up", e.runner_up},
+               {"runner_up_ms", e.runner_up_ms},
+               {"workload", e.workload}};
+  }
+  json j = {{"schema_version", kSchemaVersion}, {"device", device},
+            {"fingerprint", fingerprint},       {"git_revision", git_revision},
+            {"created", created},               {"entries", ents}};
+  return j.dump(2) + "\n";
+}
+
+Status TunedTable::save(const std::string& path) const {
+  const fs::path target(path);
+  std::error_code ec;
+  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+  const std::string tmp = path + fmt::format(".tmp.{}", static_cast<long>(::getpid()));
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) return Status::Runtime(fmt::format("{}: cannot write", tmp));
+    f << dump();
+    f.flush();
+    if (!f) {
+      f.close();
+      fs::remove(tmp, ec);
+      return Status::Runtime(fmt::format("{}: write failed", tmp));
+    }
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return Status::Runtime(fmt::format("{}: rename failed: {}", path, ec.message()));
+  }
+  return Status::Ok();
+}
+
+void TunedTable::merge(const TunedTable& other) {
+  for (const auto& [k, e] : other.entries_) entries_[k] = e;
+  if (!other.device.empty()) device = other.device;
+  if (!other.fingerprint.empty()) fingerprint = other.fingerprint;
+  if (!other.git_revision.empty()) git_revision = other.git_revision;
+  if (!other.created.empty()) created = other.created;
+}
+
+const TunedEntry* TunedTable::find(const TuneKey& key) const {
+  auto it = entries_.find(key.to_string());
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+// ---- the active table ------------------------------------------------------------------------
+namespace {
+
+struct Active {
+  bool loaded = false;
+  std::unique_ptr<TunedTable> table;
+  std::string source;
+};
+
+std::mutex g_mu;
+std::map<std::string, Active> g_active;  // by fingerprint
+
+std::vector<fs::path> candidate_dirs() {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path d = exe.parent_path();
+    dirs.push_back(d / "../configs/tuned");
+    dirs.push_back(d / "../../configs/tuned");
+    dirs.push_back(d / "../share/flashplus/tuned");
+  }
+#ifdef FLASHPLUS_INSTALL_TUNED_DIR
+  dirs.emplace_back(FLASHPLUS_INSTALL_TUNED_DIR);
+#endif
+  return dirs;
+}
+
+std::string file_name_for(const std::string& fingerprint) {
+  std::string s = fingerprint;
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
+  return s + ".json";
+}
+
+Active load_active(const std::string& fingerprint) {
+  Active a;
+  a.loaded = true;
+  std::string path;
+  if (const char* env = std::getenv("FLASHPLUS_TUNED_TABLE"); env && *env) {
+    path = env;
+  } else {
+    for (const fs::path& d : candidate_dirs()) {
+      std::error_code ec;
+      const fs::path p = d / file_name_for(fingerprint);
+      if (fs::is_regular_file(p, ec)) {
+        path = fs::weakly_canonical(p, ec).string();
+        break;
+      }
+    }
+  }
+  if (path.empty()) {
+    a.source = fmt::format("none: no {} found (heuristics in use)", file_name_for(fingerprint));
+    return a;
+  }
+  auto t = std::make_unique<TunedTable>();
+  Status st = TunedTable::load(path, t.get());
+  if (st.ok() && t->fingerprint != fingerprint)
+    st = Status::Invalid(fmt::format("{}: fingerprint '{}' does not match this device '{}'", path,
+                                     t->fingerprint, fingerprint));
+  if (!st.ok()) {
+    std::fprintf(stderr, "flashplus: warning: ignoring tuned table: %s; using heuristics\n",
+                 st.message().c_str());
+    a.source = "none: " + st.message();
+    return a;
+  }
+  a.source = path;
+  a.table = std::move(t);
+  return a;
+}
+
+const Active& get_active(const std::string& fingerprint) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  Active& a = g_active[fingerprint];
+  if (!a.loaded) a = load_active(fingerprint);
+  return a;
+}
+
+}  // namespace
+
+const TunedTable* active_table(const std::string& fingerprint) {
+  return get_active(fingerprint).table.get();
+}
+
+std::string active_table_source(const std::string& fingerprint) {
+  return get_active(fingerprint).source;
+}
+
+void reset_active_tables_for_testing() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_active.clear();
+}
+
+KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
+                           const KernelConfig& heuristic, bool* from_table) {
+  if (const TunedTable* t = active_table(fingerprint)) {
+    if (const TunedEntry* e = t->find(key)) {
+      if (from_table) *from_table = true;
+      return e->config;
+    }
+  }
+  if (from_table) *from_table = false;
+  return heuristic;
+}
+
+}  // namespace flashplus
