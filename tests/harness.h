@@ -36,6 +36,7 @@ struct Case {
 struct Outcome {
   Status status;
   ref::Check out, lse, dq, dk, dv;
+  std::vector<double> grads;  // dq, dk, dv as the backend wrote them, concatenated
   bool pass() const {
     return status.ok() && out.pass && lse.pass && dq.pass && dk.pass && dv.pass;
   }
@@ -177,6 +178,9 @@ inline Outcome run_case(const Case& c, Backend b) {
   r.dq = ref::compare(ref_b.dq, dq, naive_b.dq, c.dtype, sc);
   r.dk = ref::compare(ref_b.dk, dk, naive_b.dk, c.dtype, sc);
   r.dv = ref::compare(ref_b.dv, dv, naive_b.dv, c.dtype, sc);
+  r.grads = dq;
+  r.grads.insert(r.grads.end(), dk.begin(), dk.end());
+  r.grads.insert(r.grads.end(), dv.begin(), dv.end());
   return r;
 }
 

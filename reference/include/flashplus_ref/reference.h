@@ -31,6 +31,16 @@ struct BwdResult {
   std::vector<double> dv;  // (b, sk, hk, d)
 };
 
+// The mask after upstream's window canonicalisation (API.md §2.3), computed by the reference
+// itself. Key j is visible to query i iff 0 <= j < seqlen_k and, when `bounded`,
+// i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right.
+struct Mask {
+  bool bounded = false;      // false: every key is visible (left = right = -1)
+  int left = -1, right = -1;
+  bool pure_causal = false;  // ALiBi uses the column form +slope*j (API.md §2.5)
+};
+Mask canonical_mask(const Problem& p);
+
 // Exact attention in fp64 on the given (already rounded) inputs.
 FwdResult forward(const Problem& p, const std::vector<double>& q, const std::vector<double>& k,
                   const std::vector<double>& v);

@@ -1,0 +1,106 @@
+// The CPU backend's kernels: a tiled FlashAttention (online softmax, never an Sq x Sk matrix)
+// and the pieces fwd.cpp and bwd.cpp share. Internal header.
+//
+// Layout of every work buffer: fp32, row-major, padded with zeros so the inner GEMM only ever
+// sees whole micro-tiles (rows a multiple of kMr, columns a multiple of kNr). Padding is what
+// makes odd head dims (40, 72, ...) and ragged last tiles cost nothing in the inner loop.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <new>
+
+#include "flashplus/api.h"
+#include "flashplus/params.h"
+#include "flashplus/status.h"
+
+namespace flashplus::cpu {
+
+// Tile shape: query rows per work item / key columns per main-loop step. Each K/V tile is
+// converted to fp32 once per query tile, so a taller query tile amortises the conversion over
+// more rows; 128 x 64 measured ~1.5x faster than 64 x 64 on llama-7B shapes (fp16, 1 thread),
+// and one thread's working set (Q, O, S, K^T, V at d = 128: ~0.2 MB; ~0.4 MB at d = 256) still
+// fits a typical per-core L2.
+constexpr int kBlockM = 128;
+constexpr int kBlockN = 64;
+// GEMM micro-tile: 4 rows x 16 fp32 columns of C kept in registers (two AVX ymm per row, or
+// four SSE xmm per row in the baseline x86-64 build).
+constexpr int kMr = 4;
+constexpr int kNr = 16;
+static_assert(kBlockM % kMr == 0 && kBlockN % kNr == 0 && kBlockM % kNr == 0,
+              "every GEMM M must be a multiple of kMr and every N a multiple of kNr");
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// C[M x N] += A[M x K] * B[K x N], all fp32 row-major, M % kMr == 0, N % kNr == 0.
+// Vectorises over N without reassociating sums, so it is exact IEEE fp32 (with FMA where the
+// CPU has it; the x86-64 build carries an AVX2+FMA clone chosen at load time).
+void gemm_acc(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+              int ldc);
+
+// Convert n elements of a `t` buffer starting at element `off` to fp32.
+void load_row(const void* base, DType t, int64_t off, int n, float* dst);
+// Store n fp32 values (times `mul`) into a `t` buffer at element `off` (round to nearest even).
+void store_row(void* base, DType t, int64_t off, int n, const float* src, float mul);
+
+// Rows [i0, i0 + n) of head h, batch b of a (batch, seqlen, heads, d) tensor, as fp32 rows of
+// length dp in dst; rows n..rows-1 and columns d..dp-1 are zero.
+void load_tile_rows(const void* base, DType t, const Strides3& st, int b, int h, int i0, int n,
+                    int d, int dp, int rows, float* dst);
+
+// Keys/values [j0, j0 + n) of kv head hk as fp32 tiles of kBlockN entries; entries n.. are
+// zero so stale data never reaches a GEMM. Each destination is optional (nullptr = skip):
+// kt, vt: [dp][kBlockN] (transposed: S = Q K^T and dP = dO V^T vectorise over keys);
+// k, v:   [kBlockN][dp] (O += P V, dQ += dS K). `row` is d floats of staging.
+struct KvTileDst {
+  float* kt = nullptr;
+  float* vt = nullptr;
+  float* k = nullptr;
+  float* v = nullptr;
+};
+void load_kv_tile(const AttnParams& p, int b, int hk, int j0, int n, int dp, const KvTileDst& dst,
+                  float* row);
+
+// 64-byte aligned fp32 scratch, zero-filled; the only allocations the kernels make.
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t n);
+  ~Buffer() { std::free(p_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  float* data() { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Resolve RunOptions::num_threads (0 = hardware_concurrency, at least 1).
+int resolve_threads(const RunOptions& opts);
+
+// Run body(thread_id) on `nthreads` threads (the caller's thread is thread 0). Exceptions in a
+// body are caught and turned into a runtime_error Status.
+Status run_threads(int nthreads, const std::function<void(int)>& body);
+
+// Visible key range [lo, hi) of query row i (AttnParams::key_range, kept as the one definition).
+inline void key_range(const AttnParams& p, int i, int* lo, int* hi) { p.key_range(i, lo, hi); }
+
+// The ALiBi bias of (row i, key j) for a given slope, as params.h documents: the column form
+// +slope*j in pure-causal mode, else -slope*|i + sk - sq - j|.
+inline float alibi_bias(const AttnParams& p, float slope, int i, int j) {
+  if (p.is_causal) return slope * static_cast<float>(j);
+  const long long dist = static_cast<long long>(i) + p.seqlen_k - p.seqlen_q - j;
+  return -slope * static_cast<float>(dist < 0 ? -dist : dist);
+}
+
+inline float alibi_slope(const AttnParams& p, int b, int h) {
+  return p.alibi_slopes ? p.alibi_slopes[static_cast<int64_t>(b) * p.alibi_batch_stride + h] : 0.f;
+}
+
+Status fwd(const AttnParams& p, const RunOptions& opts);
+Status bwd(const AttnParams& p, const RunOptions& opts);
+
+}  // namespace flashplus::cpu
