@@ -1,0 +1,46 @@
+// `flashplus info`: what this build can do.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "common.h"
+#include "paths.h"
+
+namespace flashplus::cli {
+
+void register_info(CLI::App& app, Action& action) {
+  CLI::App* sub = app.add_subcommand(
+      "info", "Show the version, the backends compiled in and the devices found");
+  sub->footer(
+      "Examples:\n"
+      "  flashplus info\n"
+      "\n"
+      "`auto` (the default --backend of run and verify) means the first GPU backend with a\n"
+      "device, else cpu; the line `auto ->` shows which one that is on this machine.\n");
+  sub->callback([&action]() {
+    action = []() {
+      fmt::print("flashplus {}\n", FLASHPLUS_VERSION);
+      std::string list;
+      for (Backend b : compiled_backends())
+        list += (list.empty() ? "" : ", ") + std::string(backend_name(b));
+      fmt::print("backends compiled: {}\n", list);
+      fmt::print("auto -> {}\n", backend_name(best_backend()));
+      const auto devices = list_devices();
+      fmt::print("devices: {}\n", devices.size());
+      for (const DeviceDesc& d : devices) {
+        fmt::print("  [{}:{}] {}  arch={}  units={}", backend_name(d.backend), d.index, d.name,
+                   d.arch, d.multiprocessors);
+        if (d.memory_bytes)
+          fmt::print("  memory={:.1f} GiB", static_cast<double>(d.memory_bytes) / (1 << 30));
+        fmt::print("\n");
+      }
+      std::string dirs;
+      for (const auto& d : config_dirs()) dirs += (dirs.empty() ? "" : ", ") + d;
+      fmt::print("configs searched in: {}\n", dirs);
+      return static_cast<int>(kExitOk);
+    };
+  });
+}
+
+}  // namespace flashplus::cli

@@ -1,0 +1,53 @@
+// Model workload configs (configs/models/*.json; schema in docs/CONFIGS.md).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "flashplus/tensor.h"
+
+namespace flashplus::cli {
+
+constexpr int kModelSchemaVersion = 1;
+
+// One attention configuration of a real model, and the sizes to run it at.
+struct ModelConfig {
+  std::string file;                  // where it was read from (for messages)
+  std::string name;                  // "llama7b"
+  std::string description;           // free text
+  std::string source;                // where the numbers come from (model card, config.json)
+  std::string workload = "prefill";  // schema 1: only fixed-length "prefill" (fwd/bwd training)
+  int nheads = 0, nheads_k = 0, head_dim = 0;
+  bool causal = false;
+  int window_left = -1, window_right = -1;  // -1 = unbounded
+  double softcap = 0;                       // 0 = off
+  bool alibi = false;                       // slopes 2^(-8(h+1)/nheads), per head
+  double softmax_scale = 0;                 // 0 = 1/sqrt(head_dim)
+  std::vector<DType> dtypes;
+  std::vector<int> batch_sizes;
+  std::vector<int> seqlens;        // seqlen_q == seqlen_k
+  std::vector<std::string> modes;  // "fwd", "bwd"
+};
+
+// One concrete run: a config at one (dtype, batch, seqlen, mode).
+struct Workload {
+  const ModelConfig* model = nullptr;
+  DType dtype = DType::bf16;
+  int batch = 1, seqlen = 1;
+  std::string mode;  // "fwd" | "bwd"
+};
+
+// Throws cli::Error(kExitUsage, "<file>: key '<key>': <reason>") on any problem.
+ModelConfig load_model_config(const std::string& path);
+
+struct WorkloadFilter {
+  int max_seqlen = 0;               // 0 = no limit; larger seqlens are skipped
+  std::vector<int> batch_override;  // replaces the config's batch_sizes when non-empty
+  std::vector<std::string> modes;   // keeps only these modes when non-empty
+  std::vector<DType> dtypes;        // keeps only these dtypes when non-empty
+};
+std::vector<Workload> expand_workloads(const ModelConfig& m, const WorkloadFilter& f);
+
+// "causal", "causal+window(4096,0)", "none", with "+softcap50", "+alibi" appended as set.
+std::string mask_label(const ModelConfig& m);
+
+}  // namespace flashplus::cli

@@ -1,0 +1,323 @@
+#include "npy.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include "common.h"
+
+namespace flashplus::cli {
+namespace fs = std::filesystem;
+
+int64_t NpyArray::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+std::string NpyArray::shape_str() const {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shape.size() == 1) s += ",";
+  return s + ")";
+}
+
+namespace {
+
+constexpr char kMagic[] = "\x93NUMPY";
+constexpr size_t kMagicLen = 6;
+
+// A tiny parser for the header: a Python dict literal with string keys and values that are
+// strings, True/False, or tuples of integers. Nothing else appears in a valid .npy header.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& name) : s_(text), name_(name) {}
+
+  struct Value {
+    enum Kind { str, boolean, tuple } kind;
+    std::string s;
+    bool b = false;
+    std::vector<int64_t> t;
+  };
+
+  std::map<std::string, Value> parse_dict() {
+    std::map<std::string, Value> out;
+    skip_ws();
+    expect('{');
+    for (;;) {
+      skip_ws();
+      if (peek() == '}') {
+        ++i_;
+        break;
+      }
+      std::string key = parse_string();
+      skip_ws();
+      expect(':');
+      skip_ws();
+      Value v = parse_value();
+      if (!out.emplace(key, v).second) fail(fmt::format("duplicate key '{}'", key));
+      skip_ws();
+      if (peek() == ',') {
+        ++i_;
+      } else if (peek() != '}') {
+        fail("expected ',' or '}' in the header dict");
+      }
+    }
+    skip_ws();
+    if (i_ != s_.size()) fail("trailing characters after the header dict");
+    return out;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw usage_error(fmt::format("{}: corrupt .npy header: {}", name_, why));
+  }
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void skip_ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r'))
+      ++i_;
+  }
+  void expect(char c) {
+    if (peek() != c) fail(fmt::format("expected '{}' at offset {}", c, i_));
+    ++i_;
+  }
+  std::string parse_string() {
+    const char q = peek();
+    if (q != '\'' && q != '"') fail(fmt::format("expected a quoted string at offset {}", i_));
+    ++i_;
+    std::string r;
+    while (i_ < s_.size() && s_[i_] != q) r += s_[i_++];
+    if (i_ >= s_.size()) fail("unterminated string");
+    ++i_;
+    return r;
+  }
+  Value parse_value() {
+    Value v{};
+    const char c = peek();
+    if (c == '\'' || c == '"') {
+      v.kind = Value::str;
+      v.s = parse_string();
+    } else if (s_.compare(i_, 4, "True") == 0) {
+      v.kind = Value::boolean;
+      v.b = true;
+      i_ += 4;
+    } else if (s_.compare(i_, 5, "False") == 0) {
+      v.kind = Value::boolean;
+      i_ += 5;
+    } else if (c == '(') {
+      v.kind = Value::tuple;
+      ++i_;
+      for (;;) {
+        skip_ws();
+        if (peek() == ')') {
+          ++i_;
+          break;
+        }
+        if (!std::isdigit(static_cast<unsigned char>(peek())))
+          fail(fmt::format("shape entries must be non-negative integers (offset {})", i_));
+        int64_t n = 0;
+        while (std::isdigit(static_cast<unsigned char>(peek()))) {
+          if (n > (int64_t{1} << 50)) fail("shape entry too large");
+          n = n * 10 + (s_[i_++] - '0');
+        }
+        if (peek() == 'L') ++i_;  // Python 2 long suffix, still found in old files
+        v.t.push_back(n);
+        skip_ws();
+        if (peek() == ',') {
+          ++i_;
+        } else if (peek() != ')') {
+          fail("expected ',' or ')' in the shape tuple");
+        }
+      }
+    } else {
+      fail(fmt::format("unexpected value at offset {}", i_));
+    }
+    return v;
+  }
+
+  const std::string& s_;
+  const std::string& name_;
+  size_t i_ = 0;
+};
+
+std::string describe_descr(const std::string& d) {
+  static const std::map<std::string, const char*> names = {{"<f2", "float16"},
+                                                           {"<f8", "float64"},
+                                                           {"<i4", "int32"},
+                                                           {"<i8", "int64"},
+                                                           {"|u1", "uint8"},
+                                                           {"|i1", "int8"},
+                                                           {"|b1", "bool"},
+                                                           {"<u2", "uint16"},
+                                                           {">f4", "big-endian float32"},
+                                                           {">f8", "big-endian float64"},
+                                                           {"<c8", "complex64"},
+                                                           {"<V2", "void16 (bfloat16?)"}};
+  auto it = names.find(d);
+  return it == names.end() ? fmt::format("'{}'", d) : fmt::format("'{}' ({})", d, it->second);
+}
+
+}  // namespace
+
+NpyArray parse_npy(const std::string& bytes, const std::string& name) {
+  auto fail = [&](const std::string& why) -> Error {
+    return usage_error(fmt::format("{}: {}", name, why));
+  };
+  if (bytes.size() < kMagicLen + 4 || bytes.compare(0, kMagicLen, kMagic, kMagicLen) != 0)
+    throw fail("not a .npy file (bad magic string)");
+  const int major = static_cast<unsigned char>(bytes[6]);
+  const int minor = static_cast<unsigned char>(bytes[7]);
+  size_t header_len = 0, header_start = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(bytes[8]) |
+                 (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+    header_start = 10;
+  } else if (major == 2 || major == 3) {
+    if (bytes.size() < 12) throw fail("truncated .npy header");
+    for (int i = 0; i < 4; ++i)
+      header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+    header_start = 12;
+  } else {
+    throw fail(fmt::format("unsupported .npy format version {}.{}", major, minor));
+  }
+  if (header_start + header_len > bytes.size())
+    throw fail(fmt::format("truncated .npy header ({} bytes announced, {} present)", header_len,
+                           bytes.size() - header_start));
+  const std::string header = bytes.substr(header_start, header_len);
+  auto dict = HeaderParser(header, name).parse_dict();
+
+  for (const auto& kv : dict) {
+    if (kv.first != "descr" && kv.first != "fortran_order" && kv.first != "shape")
+      throw fail(fmt::format("corrupt .npy header: unexpected key '{}'", kv.first));
+  }
+  auto get = [&](const char* key, HeaderParser::Value::Kind kind) -> const HeaderParser::Value& {
+    auto it = dict.find(key);
+    if (it == dict.end()) throw fail(fmt::format("corrupt .npy header: missing key '{}'", key));
+    if (it->second.kind != kind)
+      throw fail(fmt::format("corrupt .npy header: key '{}' has the wrong type", key));
+    return it->second;
+  };
+  const std::string descr = get("descr", HeaderParser::Value::str).s;
+  const bool fortran = get("fortran_order", HeaderParser::Value::boolean).b;
+  NpyArray a;
+  a.shape = get("shape", HeaderParser::Value::tuple).t;
+  if (descr != "<f4")
+    throw fail(
+        fmt::format("dtype {} is not supported: expected float32 ('<f4'); convert with "
+                    "a.astype(np.float32)",
+                    describe_descr(descr)));
+  if (fortran && a.shape.size() > 1)
+    throw fail(
+        "Fortran-order arrays are not supported: expected C order; convert with "
+        "np.ascontiguousarray(a)");
+  int64_t n = 1;
+  for (int64_t s : a.shape) {
+    if (s != 0 && n > (int64_t{1} << 40) / s) throw fail("shape too large");
+    n *= s;
+  }
+  const size_t data_start = header_start + header_len;
+  const size_t want = static_cast<size_t>(n) * 4;
+  const size_t have = bytes.size() - data_start;
+  if (have < want)
+    throw fail(fmt::format("truncated data: shape {} needs {} bytes, file has {}", a.shape_str(),
+                           want, have));
+  if (have > want)
+    throw fail(fmt::format("{} unexpected trailing bytes after the data of shape {}", have - want,
+                           a.shape_str()));
+  a.data.resize(static_cast<size_t>(n));
+  if (n) std::memcpy(a.data.data(), bytes.data() + data_start, want);  // little-endian host
+  return a;
+}
+
+NpyArray read_npy(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw usage_error(fmt::format("{}: no such file", path));
+  if (fs::is_directory(path, ec)) throw usage_error(fmt::format("{}: is a directory", path));
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw usage_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw usage_error(fmt::format("{}: read error", path));
+  return parse_npy(ss.str(), path);
+}
+
+std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
+  std::string shp = "(";
+  int64_t n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    shp += (i ? ", " : "") + std::to_string(shape[i]);
+    n *= shape[i];
+  }
+  if (shape.size() == 1) shp += ",";
+  shp += ")";
+  std::string header =
+      fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': {}, }}", shp);
+  // Pad with spaces and a final newline so magic + len + header is a multiple of 64 bytes.
+  const size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header += '\n';
+  std::string out(kMagic, kMagicLen);
+  out += '\x01';
+  out += '\x00';
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>((header.size() >> 8) & 0xff);
+  out += header;
+  out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n) * 4);
+  return out;
+}
+
+void check_output_dir(const std::string& path) {
+  fs::path p(path);
+  fs::path dir = p.parent_path();
+  if (dir.empty()) dir = ".";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw usage_error(fmt::format("{}: output directory '{}' does not exist", path, dir.string()));
+  if (fs::is_directory(p, ec)) throw usage_error(fmt::format("{}: is a directory", path));
+}
+
+OutputSet::~OutputSet() {
+  for (const auto& p : pending_) std::remove(p.tmp.c_str());
+}
+
+void OutputSet::stage(const std::string& path, const float* data,
+                      const std::vector<int64_t>& shape) {
+  stage_bytes(path, encode_npy(data, shape));
+}
+
+void OutputSet::stage_bytes(const std::string& path, const std::string& bytes) {
+  check_output_dir(path);
+  // Same directory as the destination so the final rename is atomic (same file system).
+  fs::path dest(path);
+  std::random_device rd;
+  const std::string tmp =
+      (dest.parent_path() / fmt::format(".{}.tmp{:08x}", dest.filename().string(), rd())).string();
+  pending_.push_back({tmp, path});
+  std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+  if (!f)
+    throw usage_error(fmt::format("{}: cannot create '{}': {}", path, tmp, std::strerror(errno)));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  f.close();
+  if (!f) throw runtime_error(fmt::format("{}: write failed (disk full?)", path));
+}
+
+void OutputSet::commit() {
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    std::error_code ec;
+    fs::rename(pending_[i].tmp, pending_[i].dest, ec);
+    if (ec)
+      throw runtime_error(fmt::format("{}: cannot rename '{}' into place: {}", pending_[i].dest,
+                                      pending_[i].tmp, ec.message()));
+  }
+  pending_.clear();
+}
+
+}  // namespace flashplus::cli

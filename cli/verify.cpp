@@ -1,0 +1,379 @@
+#include "verify.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+#include "device_buffer.h"
+#include "flashplus/numerics.h"
+#include "flashplus/runtime.h"
+
+namespace flashplus::cli {
+
+const char* outcome_name(Outcome o) {
+  switch (o) {
+    case Outcome::pass:
+      return "PASS";
+    case Outcome::fail:
+      return "FAIL";
+    case Outcome::xfail:
+      return "XFAIL";
+    case Outcome::xpass:
+      return "XPASS";
+    case Outcome::unsupported:
+      return "UNSUP";
+  }
+  return "?";
+}
+
+namespace {
+
+// splitmix64: tiny, fast, and identical on every platform (unlike std:: distributions).
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+uint64_t fnv1a(const std::string& s, uint64_t h = 0xcbf29ce484222325ull) {
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
+  return h;
+}
+
+// Uniform in (0, 1], 53 random bits.
+double uniform01(uint64_t& s) { return (static_cast<double>(splitmix(s) >> 11) + 1.0) * 0x1.0p-53; }
+
+}  // namespace
+
+std::vector<float> random_normal(uint64_t seed, const std::string& name, const std::string& tag,
+                                 size_t n) {
+  uint64_t s = fnv1a(tag, fnv1a(name, seed * 0x2545f4914f6cdd1dull + 1));
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; i += 2) {  // Box-Muller, two values per draw
+    const double r = std::sqrt(-2.0 * std::log(uniform01(s)));
+    const double t = 6.283185307179586 * uniform01(s);
+    out[i] = static_cast<float>(r * std::cos(t));
+    if (i + 1 < n) out[i + 1] = static_cast<float>(r * std::sin(t));
+  }
+  for (float& x : out)
+    if (x == 0.f) x = 0.5f;  // never exactly zero: a zero hides sign and scaling bugs
+  return out;
+}
+
+std::string check_guard_bands(const uint8_t* buf, size_t interior_bytes, const std::string& what) {
+  size_t bad = 0;
+  std::string first;
+  const size_t total = interior_bytes + 2 * kGuardBytes;
+  for (size_t i = 0; i < total; ++i) {
+    if (i >= kGuardBytes && i < kGuardBytes + interior_bytes) continue;
+    if (buf[i] == kGuardByte) continue;
+    if (bad++ == 0)
+      first = i < kGuardBytes
+                  ? fmt::format("{} byte(s) before the start", kGuardBytes - i)
+                  : fmt::format("{} byte(s) past the end", i - kGuardBytes - interior_bytes + 1);
+  }
+  if (!bad) return "";
+  return fmt::format("{}: {} guard byte(s) overwritten: out-of-bounds write (first at {})", what,
+                     bad, first);
+}
+
+namespace {
+
+// A (batch, seqlen, heads, head_dim) tensor placed in a host staging buffer of storage dtype,
+// possibly as a strided view (element offset + strides); mirrored in a device buffer.
+struct Placed {
+  int64_t offset = 0;                // elements from the start of the storage buffer
+  std::array<int64_t, 3> strides{};  // batch, row, head (head_dim stride is 1)
+};
+
+struct Storage {
+  DType t;
+  std::vector<uint8_t> host;
+  DeviceBuffer dev;
+  Storage(DType dt, int64_t elems) : t(dt), host(static_cast<size_t>(elems) * dtype_size(dt)) {}
+  void fill(const std::vector<float>& values) {  // whole buffer, values rounded by store_float
+    for (size_t i = 0; i < values.size(); ++i)
+      store_float(host.data(), t, static_cast<int64_t>(i), values[i]);
+  }
+  void place(const Placed& p, const std::vector<float>& logical, int64_t b, int64_t s, int64_t h,
+             int64_t d) {
+    size_t i = 0;
+    for (int64_t ib = 0; ib < b; ++ib)
+      for (int64_t is = 0; is < s; ++is)
+        for (int64_t ih = 0; ih < h; ++ih)
+          for (int64_t id = 0; id < d; ++id)
+            store_float(host.data(), t,
+                        p.offset + ib * p.strides[0] + is * p.strides[1] + ih * p.strides[2] + id,
+                        logical[i++]);
+  }
+  void upload(Backend be) {
+    dev = DeviceBuffer(be, host.size());
+    dev.upload(host.data());
+  }
+  TensorView view(const Placed& p, int64_t b, int64_t s, int64_t h, int64_t d,
+                  DeviceKind dk) const {
+    TensorView v;
+    v.data = dev.bytes_ptr(static_cast<size_t>(p.offset) * dtype_size(t));
+    v.dtype = t;
+    v.ndim = 4;
+    v.shape = {b, s, h, d};
+    v.stride = {p.strides[0], p.strides[1], p.strides[2], 1};
+    v.device = dk;
+    return v;
+  }
+};
+
+Placed contiguous_place(int64_t s, int64_t h, int64_t d) { return {0, {s * h * d, h * d, d}}; }
+
+// An output buffer with sentinel guard bands on both sides. The interior starts as all-ones
+// bytes (NaN in fp32/fp16/bf16), so an element the kernel never writes fails the NaN check; the
+// guards hold a different byte so a write of NaN there is still caught.
+
+struct Guarded {
+  DType t;
+  std::vector<int64_t> shape;
+  size_t bytes;
+  DeviceBuffer dev;
+  std::vector<uint8_t> host;
+  Guarded(Backend be, DType dt, std::vector<int64_t> shp) : t(dt), shape(std::move(shp)) {
+    int64_t n = 1;
+    for (int64_t x : shape) n *= x;
+    bytes = static_cast<size_t>(n) * dtype_size(dt);
+    host.assign(bytes + 2 * kGuardBytes, kGuardByte);
+    std::memset(host.data() + kGuardBytes, kInteriorByte, bytes);
+    dev = DeviceBuffer(be, host.size());
+    dev.upload(host.data());
+  }
+  TensorView view(DeviceKind dk) const {
+    TensorView v;
+    v.data = dev.bytes_ptr(kGuardBytes);
+    v.dtype = t;
+    v.ndim = static_cast<int>(shape.size());
+    int64_t st = 1;
+    for (int d = v.ndim - 1; d >= 0; --d) {
+      v.shape[d] = shape[d];
+      v.stride[d] = st;
+      st *= shape[d];
+    }
+    v.device = dk;
+    return v;
+  }
+  // Downloads; returns a problem description when a guard byte changed, else "".
+  std::string fetch(const std::string& what) {
+    dev.download(host.data());
+    return check_guard_bands(host.data(), bytes, what);
+  }
+  std::vector<double> values() const {
+    std::vector<double> out(bytes / dtype_size(t));
+    for (size_t i = 0; i < out.size(); ++i)
+      out[i] = load_float(host.data() + kGuardBytes, t, static_cast<int64_t>(i));
+    return out;
+  }
+  bool same_interior(const Guarded& o) const {
+    return std::memcmp(host.data() + kGuardBytes, o.host.data() + kGuardBytes, bytes) == 0;
+  }
+};
+
+std::vector<double> rounded(const std::vector<float>& v, DType t) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = round_to(t, v[i]);
+  return out;
+}
+
+}  // namespace
+
+CaseResult run_case(const Case& c, const VerifyOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  CaseResult r;
+  const Backend be = o.backend;
+  const DeviceKind dk = runtime::device_kind(be);
+  const int64_t B = c.batch, SQ = c.seqlen_q, SK = c.seqlen_k, H = c.nheads, HK = c.nheads_k,
+                D = c.head_dim;
+  const DType t = c.dtype;
+  RunOptions ro;
+  ro.backend = be;
+  ro.num_threads = o.num_threads;
+
+  // ---- inputs: random, rounded to the storage dtype (the reference sees the rounded values) ---
+  auto gen = [&](const char* tag, int64_t n) {
+    std::vector<float> v = random_normal(o.seed, c.name, tag, static_cast<size_t>(n));
+    for (float& x : v) {
+      x = round_to(t, x);
+      if (x == 0.f) x = 0.5f;
+    }
+    return v;
+  };
+  const std::vector<float> q = gen("q", B * SQ * H * D);
+  const std::vector<float> k = gen("k", B * SK * HK * D);
+  const std::vector<float> v = gen("v", B * SK * HK * D);
+
+  // ---- layouts ------------------------------------------------------------------------------
+  std::vector<Storage> store;
+  store.reserve(3);
+  TensorView qv, kv, vv;
+  if (c.layout == Layout::qkvpacked) {  // one (b, s, 3, h, d) buffer; q, k, v are views into it
+    store.emplace_back(t, B * SQ * 3 * H * D);
+    const std::array<int64_t, 3> st = {SQ * 3 * H * D, 3 * H * D, D};
+    const Placed pq{0, st}, pk{H * D, st}, pv{2 * H * D, st};
+    store[0].place(pq, q, B, SQ, H, D);
+    store[0].place(pk, k, B, SK, HK, D);
+    store[0].place(pv, v, B, SK, HK, D);
+    store[0].upload(be);
+    qv = store[0].view(pq, B, SQ, H, D, dk);
+    kv = store[0].view(pk, B, SK, HK, D, dk);
+    vv = store[0].view(pv, B, SK, HK, D, dk);
+  } else {
+    store.emplace_back(t, B * SQ * H * D);
+    const Placed pq = contiguous_place(SQ, H, D);
+    store[0].place(pq, q, B, SQ, H, D);
+    store[0].upload(be);
+    qv = store[0].view(pq, B, SQ, H, D, dk);
+    if (c.layout == Layout::kv_in_cache) {
+      // k and v are windows into bigger caches (b, SK + 11, HK + 1, D + 8), starting at row 5:
+      // every stride differs from the contiguous one and the data does not start at the buffer.
+      // The rest of the cache holds large values, so reading outside the view shows in the error.
+      const int64_t cap = SK + 11, hp = HK + 1, dp = D + 8;
+      const Placed p{5 * hp * dp, {cap * hp * dp, hp * dp, dp}};
+      for (int which = 0; which < 2; ++which) {
+        store.emplace_back(t, B * cap * hp * dp);
+        std::vector<float> junk = random_normal(o.seed, c.name, which ? "vcache" : "kcache",
+                                                static_cast<size_t>(B * cap * hp * dp));
+        for (float& x : junk) x *= 30.f;
+        store.back().fill(junk);
+        store.back().place(p, which ? v : k, B, SK, HK, D);
+        store.back().upload(be);
+        (which ? vv : kv) = store.back().view(p, B, SK, HK, D, dk);
+      }
+    } else {
+      for (int which = 0; which < 2; ++which) {
+        store.emplace_back(t, B * SK * HK * D);
+        const Placed p = contiguous_place(SK, HK, D);
+        store.back().place(p, which ? v : k, B, SK, HK, D);
+        store.back().upload(be);
+        (which ? vv : kv) = store.back().view(p, B, SK, HK, D, dk);
+      }
+    }
+  }
+
+  // ---- ALiBi slopes: positive, (h) or (b, h) ---------------------------------------------------
+  std::vector<float> slopes;
+  DeviceBuffer slopes_dev;
+  std::optional<TensorView> alibi;
+  if (c.alibi != AlibiMode::none) {
+    const int64_t n = c.alibi == AlibiMode::per_head ? H : B * H;
+    slopes = random_normal(o.seed, c.name, "alibi", static_cast<size_t>(n));
+    for (float& s : slopes) s = 0.05f + 0.2f * std::fabs(s);
+    slopes_dev = DeviceBuffer(be, slopes.size() * 4);
+    slopes_dev.upload(slopes.data());
+    alibi = c.alibi == AlibiMode::per_head
+                ? TensorView::contiguous(slopes_dev.get(), DType::f32, {H}, dk)
+                : TensorView::contiguous(slopes_dev.get(), DType::f32, {B, H}, dk);
+  }
+
+  // ---- reference problem --------------------------------------------------------------------
+  ref::Problem p;
+  p.batch = c.batch;
+  p.seqlen_q = c.seqlen_q;
+  p.seqlen_k = c.seqlen_k;
+  p.nheads = c.nheads;
+  p.nheads_k = c.nheads_k;
+  p.head_dim = c.head_dim;
+  p.softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softcap = static_cast<double>(static_cast<float>(c.softcap));
+  p.alibi.assign(slopes.begin(), slopes.end());
+  const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
+
+  auto problem = [&](const std::string& m) { r.problems.push_back(m); };
+  auto finish = [&]() {
+    bool ok = r.problems.empty();
+    for (const auto& ch : r.checks) ok = ok && ch.check.pass;
+    if (!r.unsupported.empty() && r.problems.empty())
+      r.outcome = Outcome::unsupported;
+    else if (!c.known_failure.empty())
+      r.outcome = ok ? Outcome::xpass : Outcome::xfail;
+    else
+      r.outcome = ok ? Outcome::pass : Outcome::fail;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  };
+  auto handle_status = [&](const Status& st, const char* fn) {
+    if (st.ok()) return true;
+    if (st.code() == StatusCode::unsupported || st.code() == StatusCode::no_instance)
+      r.unsupported = fmt::format("{}: {}", fn, st.to_string());
+    else
+      problem(fmt::format("{}: {}", fn, st.to_string()));
+    return false;
+  };
+
+  // ---- forward ------------------------------------------------------------------------------
+  Guarded out(be, t, {B, SQ, H, D});
+  Guarded lse(be, DType::f32, {B, H, SQ});
+  const Status fst =
+      mha_fwd(qv, kv, vv, out.view(dk), lse.view(dk), alibi, 0.f, static_cast<float>(c.scale),
+              c.causal, c.window_left, c.window_right, static_cast<float>(c.softcap), false, ro);
+  if (!handle_status(fst, "mha_fwd")) return finish();
+  throw_if_error(runtime::synchronize(be));
+  for (auto* g : {&out, &lse}) {
+    const std::string m = g->fetch(g == &out ? "out" : "lse");
+    if (!m.empty()) problem(m);
+  }
+  {
+    const ref::FwdResult ex = ref::forward(p, qd, kd, vd);
+    const ref::FwdResult nv = ref::forward_naive(p, qd, kd, vd, t);
+    const bool cap = c.softcap > 0;
+    r.checks.push_back({"out", ref::compare(ex.out, out.values(), nv.out, t, cap)});
+    r.checks.push_back({"lse", ref::compare(ex.lse, lse.values(), nv.lse, t, cap)});
+  }
+  if (!c.bwd) return finish();
+
+  // ---- backward (from the kernel's own out and lse, as a training step would) ----------------
+  const std::vector<float> dout = gen("dout", B * SQ * H * D);
+  Storage dout_s(t, B * SQ * H * D);
+  const Placed pd = contiguous_place(SQ, H, D);
+  dout_s.place(pd, dout, B, SQ, H, D);
+  dout_s.upload(be);
+  const TensorView doutv = dout_s.view(pd, B, SQ, H, D, dk);
+
+  auto run_bwd = [&](Guarded& dq, Guarded& dkk, Guarded& dv) {
+    const Status st =
+        mha_bwd(doutv, qv, kv, vv, out.view(dk), lse.view(dk), dq.view(dk), dkk.view(dk),
+                dv.view(dk), alibi, 0.f, static_cast<float>(c.scale), c.causal, c.window_left,
+                c.window_right, static_cast<float>(c.softcap), c.deterministic, std::nullopt, ro);
+    if (!handle_status(st, "mha_bwd")) return false;
+    throw_if_error(runtime::synchronize(be));
+    const char* names[] = {"dq", "dk", "dv"};
+    Guarded* gs[] = {&dq, &dkk, &dv};
+    for (int i = 0; i < 3; ++i) {
+      const std::string m = gs[i]->fetch(names[i]);
+      if (!m.empty()) problem(m);
+    }
+    return true;
+  };
+  Guarded dq(be, t, {B, SQ, H, D}), dkg(be, t, {B, SK, HK, D}), dvg(be, t, {B, SK, HK, D});
+  if (!run_bwd(dq, dkg, dvg)) return finish();
+  {
+    const std::vector<double> dod = rounded(dout, t);
+    const ref::BwdResult ex = ref::backward(p, qd, kd, vd, dod);
+    const ref::BwdResult nv = ref::backward_naive(p, qd, kd, vd, dod, t);
+    const bool cap = c.softcap > 0;
+    r.checks.push_back({"dq", ref::compare(ex.dq, dq.values(), nv.dq, t, cap)});
+    r.checks.push_back({"dk", ref::compare(ex.dk, dkg.values(), nv.dk, t, cap)});
+    r.checks.push_back({"dv", ref::compare(ex.dv, dvg.values(), nv.dv, t, cap)});
+  }
+  if (c.deterministic) {  // a second run must give bit-identical gradients
+    Guarded dq2(be, t, {B, SQ, H, D}), dk2(be, t, {B, SK, HK, D}), dv2(be, t, {B, SK, HK, D});
+    if (run_bwd(dq2, dk2, dv2)) {
+      if (!dq.same_interior(dq2) || !dkg.same_interior(dk2) || !dvg.same_interior(dv2))
+        problem("deterministic: a second backward gave different bits");
+    }
+  }
+  return finish();
+}
+
+}  // namespace flashplus::cli
