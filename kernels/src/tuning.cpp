@@ -235,6 +235,17 @@ const TunedEntry* TunedTable::find(const TuneKey& key) const {
   return it == entries_.end() ? nullptr : &it->second;
 }
 
+std::string device_fingerprint(const DeviceDesc& d) {
+  if (d.backend == Backend::cpu) return "cpu-" + d.arch;
+  return fmt::format("{}-{}sm", d.arch, d.multiprocessors);
+}
+
+std::string backend_fingerprint(Backend b) {
+  for (const DeviceDesc& d : list_devices())
+    if (d.backend == b) return device_fingerprint(d);
+  return "";
+}
+
 // ---- the active table ------------------------------------------------------------------------
 namespace {
 

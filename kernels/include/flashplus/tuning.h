@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "flashplus/api.h"
 #include "flashplus/status.h"
 #include "flashplus/tensor.h"
 
@@ -84,6 +85,12 @@ class TunedTable {
  private:
   std::map<std::string, TunedEntry> entries_;
 };
+
+// The device class a tuned table is valid for: "<arch>-<N>sm" on GPUs ("sm_90-132sm"),
+// "cpu-<arch>" on the CPU ("cpu-x86_64").
+std::string device_fingerprint(const DeviceDesc& d);
+// The fingerprint of the first device of backend `b` ("" when it has none).
+std::string backend_fingerprint(Backend b);
 
 // ---- the table in use ----------------------------------------------------------------------
 // Loaded once per process from $FLASHPLUS_TUNED_TABLE, else configs/tuned/<fingerprint>.json
