@@ -1,0 +1,9 @@
+// Built only while kernels/gpu/bwd/ has no sources: the tensor-core backward is absent, so every
+// call falls back to the portable kernel.
+#include "gpu/gpu_kernels.h"
+
+namespace flashplus::gpu {
+Status run_bwd_tc(const AttnParams&, const KernelConfig&, void*) {
+  return Status::NoInstance("no tensor-core backward compiled into this build");
+}
+}  // namespace flashplus::gpu
