@@ -26,10 +26,11 @@ struct Case {
   uint64_t seed = 1234;
   std::string describe() const {
     return fmt::format(
-        "b={} sq={} sk={} h={} hk={} d={} {} causal={} win=({},{}) softcap={} alibi={} seed={}",
+        "b={} sq={} sk={} h={} hk={} d={} {} causal={} win=({},{}) softcap={} alibi={} "
+        "dropout={} seed={}",
         p.batch, p.seqlen_q, p.seqlen_k, p.nheads, p.nheads_k, p.head_dim, dtype_name(dtype),
         p.causal, p.window_left, p.window_right, p.softcap,
-        p.alibi.empty() ? "none" : (alibi_per_batch ? "(b,h)" : "(h)"), seed);
+        p.alibi.empty() ? "none" : (alibi_per_batch ? "(b,h)" : "(h)"), p.p_dropout, seed);
   }
 };
 
@@ -142,9 +143,12 @@ inline Outcome run_case(const Case& c, Backend b) {
   const auto L = bl.view({p.batch, p.nheads, p.seqlen_q});
   RunOptions opts;
   opts.backend = b;
+  opts.dropout_seed = p.dropout_seed;      // dropout (p.p_dropout > 0): the reference's mask
+  opts.dropout_offset = p.dropout_offset;
+  const float pdrop = static_cast<float>(p.p_dropout);
   const float scale = static_cast<float>(p.softmax_scale);
   const float softcap = static_cast<float>(p.softcap);
-  r.status = mha_fwd(Q, K, V, O, L, alibi, 0.f, scale, p.causal, p.window_left, p.window_right,
+  r.status = mha_fwd(Q, K, V, O, L, alibi, pdrop, scale, p.causal, p.window_left, p.window_right,
                      softcap, false, opts);
   if (!r.status.ok()) return r;
   std::vector<double> out, lse;
@@ -165,7 +169,7 @@ inline Outcome run_case(const Case& c, Backend b) {
   r.status = mha_bwd(bdo.view({p.batch, p.seqlen_q, p.nheads, p.head_dim}), Q, K, V, O, L,
                      bdq.view({p.batch, p.seqlen_q, p.nheads, p.head_dim}),
                      bdk.view({p.batch, p.seqlen_k, p.nheads_k, p.head_dim}),
-                     bdv.view({p.batch, p.seqlen_k, p.nheads_k, p.head_dim}), alibi, 0.f, scale,
+                     bdv.view({p.batch, p.seqlen_k, p.nheads_k, p.head_dim}), alibi, pdrop, scale,
                      p.causal, p.window_left, p.window_right, softcap, c.deterministic,
                      std::nullopt, opts);
   if (!r.status.ok()) return r;

@@ -171,22 +171,22 @@ void load_kv_tile(const AttnParams& p, int b, int hk, int j0, int n, int dp, con
   const int d = p.head_dim;
   auto put = [&](const float* src, float* t, float* rows, int c) {
     if (t)
-      for (int x = 0; x < d; ++x) t[static_cast<int64_t>(x) * kBlockN + c] = src ? src[x] : 0.f;
+      for (int x = 0; x < d; ++x) t[static_cast<int64_t>(x) * dst.ld + c] = src ? src[x] : 0.f;
     if (rows) {
       float* r = rows + static_cast<int64_t>(c) * dp;
       if (src) std::copy(src, src + d, r);
       std::fill(r + (src ? d : 0), r + dp, 0.f);
     }
   };
-  for (int c = 0; c < kBlockN; ++c) {
+  for (int c = 0; c < dst.ld; ++c) {
     const int64_t j = j0 + c;
     const bool live = c < n;
     if (dst.kt || dst.k) {
-      if (live) load_row(p.k, p.dtype, b * p.k_stride.batch + j * p.k_stride.row + hk * p.k_stride.head, d, row);
+      if (live) load_row(p.k, p.dtype, p.kv_offset(p.k_stride, b, static_cast<int>(j)) + hk * p.k_stride.head, d, row);
       put(live ? row : nullptr, dst.kt, dst.k, c);
     }
     if (dst.vt || dst.v) {
-      if (live) load_row(p.v, p.dtype, b * p.v_stride.batch + j * p.v_stride.row + hk * p.v_stride.head, d, row);
+      if (live) load_row(p.v, p.dtype, p.kv_offset(p.v_stride, b, static_cast<int>(j)) + hk * p.v_stride.head, d, row);
       put(live ? row : nullptr, dst.vt, dst.v, c);
     }
   }

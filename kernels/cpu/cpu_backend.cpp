@@ -7,6 +7,7 @@
 
 #include "backend.h"
 #include "cpu/cpu_kernels.h"
+#include "cpu/tiles.h"
 
 namespace flashplus::detail {
 
@@ -70,6 +71,8 @@ double timer_stop_ms(void* t) {
 const BackendOps kCpuOps = {
     Backend::cpu, DeviceKind::cpu, cpu_fwd,  cpu_bwd,      cpu_devices,   cpu_alloc,    cpu_free,
     cpu_copy,     cpu_copy,        cpu_sync, timer_create, timer_destroy, timer_start, timer_stop_ms,
+    kFeatureVarlen | kFeatureKvcache | kFeatureDropout,
+    cpu::measure_copy_gbs, cpu::measure_matmul_tflops, cpu::candidates, cpu::last_config,
 };
 
 }  // namespace

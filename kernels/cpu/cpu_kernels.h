@@ -49,7 +49,7 @@ void store_row(void* base, DType t, int64_t off, int n, const float* src, float 
 void load_tile_rows(const void* base, DType t, const Strides3& st, int b, int h, int i0, int n,
                     int d, int dp, int rows, float* dst);
 
-// Keys/values [j0, j0 + n) of kv head hk as fp32 tiles of kBlockN entries; entries n.. are
+// Keys/values [j0, j0 + n) of kv head hk as fp32 tiles of dst.ld (block_n) entries; entries n.. are
 // zero so stale data never reaches a GEMM. Each destination is optional (nullptr = skip):
 // kt, vt: [dp][kBlockN] (transposed: S = Q K^T and dP = dO V^T vectorise over keys);
 // k, v:   [kBlockN][dp] (O += P V, dQ += dS K). `row` is d floats of staging.
@@ -58,6 +58,7 @@ struct KvTileDst {
   float* vt = nullptr;
   float* k = nullptr;
   float* v = nullptr;
+  int ld = kBlockN;  // row length of kt/vt and entries loaded: the kernel's block_n (tiles.h)
 };
 void load_kv_tile(const AttnParams& p, int b, int hk, int j0, int n, int dp, const KvTileDst& dst,
                   float* row);
@@ -85,14 +86,18 @@ int resolve_threads(const RunOptions& opts);
 // body are caught and turned into a runtime_error Status.
 Status run_threads(int nthreads, const std::function<void(int)>& body);
 
-// Visible key range [lo, hi) of query row i (AttnParams::key_range, kept as the one definition).
-inline void key_range(const AttnParams& p, int i, int* lo, int* hi) { p.key_range(i, lo, hi); }
+// Visible key range [lo, hi) of query row i of a sequence with sq queries and sk keys
+// (AttnParams::key_range, kept as the one definition).
+inline void key_range(const AttnParams& p, int i, int sq, int sk, int* lo, int* hi) {
+  p.key_range(i, sq, sk, lo, hi);
+}
 
-// The ALiBi bias of (row i, key j) for a given slope, as params.h documents: the column form
-// +slope*j in pure-causal mode, else -slope*|i + sk - sq - j|.
-inline float alibi_bias(const AttnParams& p, float slope, int i, int j) {
+// The ALiBi bias of (row i, key j) of a sequence with sq queries and sk keys, for a given slope,
+// as params.h documents: the column form +slope*j in pure-causal mode, else
+// -slope*|i + sk - sq - j|.
+inline float alibi_bias(const AttnParams& p, float slope, int i, int j, int sq, int sk) {
   if (p.is_causal) return slope * static_cast<float>(j);
-  const long long dist = static_cast<long long>(i) + p.seqlen_k - p.seqlen_q - j;
+  const long long dist = static_cast<long long>(i) + sk - sq - j;
   return -slope * static_cast<float>(dist < 0 ? -dist : dist);
 }
 
@@ -102,5 +107,15 @@ inline float alibi_slope(const AttnParams& p, int b, int h) {
 
 Status fwd(const AttnParams& p, const RunOptions& opts);
 Status bwd(const AttnParams& p, const RunOptions& opts);
+
+// The forward for any mode once the kv cache (if any) is prepared: fwd() without the append
+// and rotary steps.
+Status attention_fwd(const AttnParams& p, const RunOptions& opts);
+// KV cache (kvcache.cpp): append k_new/v_new (k rotated) into the cache, rotate q into a
+// scratch copy, then attention_fwd on the cache.
+Status kvcache_fwd(const AttnParams& p, const RunOptions& opts);
+// Split count for `items` (sequence, head, query tile) work items: p.num_splits when > 0,
+// else enough pieces to give every thread work (never more than the key blocks, at most 128).
+int choose_num_splits(const AttnParams& p, int64_t items, int max_kblocks, int nthreads);
 
 }  // namespace flashplus::cpu

@@ -2,13 +2,23 @@
 // Internal header (not installed).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "flashplus/api.h"
 #include "flashplus/params.h"
 #include "flashplus/status.h"
+#include "flashplus/tuning.h"
 
 namespace flashplus::detail {
+
+// Optional features a backend implements (BackendOps::features). dispatch.cpp refuses a call
+// that needs one the chosen backend lacks, before calling it.
+enum BackendFeature : uint32_t {
+  kFeatureVarlen = 1u << 0,   // cu_seqlens (packed variable-length batches), fwd and bwd
+  kFeatureKvcache = 1u << 1,  // kv cache: paged/contiguous cache, append, rotary, num_splits
+  kFeatureDropout = 1u << 2,  // p_dropout > 0
+};
 
 struct BackendOps {
   Backend backend;
@@ -28,6 +38,18 @@ struct BackendOps {
   void (*timer_destroy)(void* t);
   void (*timer_start)(void* t);
   double (*timer_stop_ms)(void* t);
+  // BackendFeature bits. Last, so positional initialisers that predate it leave it 0.
+  uint32_t features = 0;
+  // ---- optional (nullptr = the backend does not provide it); after `features` for the same
+  // reason: positional initialisers that predate them leave them null -----------------------
+  // Measured peaks of device 0 (`flashplus bench --peaks`): copy bandwidth in GB/s (bytes read +
+  // bytes written per second) and dense matmul TFLOP/s (the backend's own GEMM, its best dtype).
+  Status (*measure_copy_gbs)(double* gbs) = nullptr;
+  Status (*measure_matmul_tflops)(double* tflops) = nullptr;
+  // Kernel configurations `flashplus autotune` may try for a key (each one the backend can run).
+  std::vector<KernelConfig> (*candidates)(const TuneKey& key) = nullptr;
+  // The configuration the most recent fwd/bwd call on this host thread ran with; false if none.
+  bool (*last_config)(KernelConfig* out) = nullptr;
 };
 
 // Always present.

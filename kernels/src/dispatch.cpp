@@ -46,6 +46,22 @@ Status resolve(const RunOptions& opts, DeviceKind device, const BackendOps** ops
   return Status::Ok();
 }
 
+// Refuse a feature the backend has not implemented, before calling it.
+Status require_feature(const BackendOps* ops, uint32_t feature, const char* what) {
+  if (ops->features & feature) return Status::Ok();
+  return Status::Unsupported(
+      fmt::format("the {} backend does not support {} yet", backend_name(ops->backend), what));
+}
+
+// Dropout: the backend must implement it; the RNG state comes from the run options.
+Status set_dropout_rng(const BackendOps* ops, const RunOptions& opts, AttnParams* p) {
+  if (!p->has_dropout()) return Status::Ok();
+  FLASHPLUS_RETURN_IF_ERROR(require_feature(ops, kFeatureDropout, "dropout"));
+  p->philox_seed = opts.dropout_seed;
+  p->philox_offset = opts.dropout_offset;
+  return Status::Ok();
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -104,6 +120,7 @@ Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, co
       window_size_left, window_size_right, softcap, return_softmax, &p));
   const detail::BackendOps* ops = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
   if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
   return ops->fwd(p, opts);
 }
@@ -121,8 +138,78 @@ Status mha_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
       is_causal, window_size_left, window_size_right, softcap, deterministic, softmax_d, &p));
   const detail::BackendOps* ops = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
   // The backend writes every element of dq, dk, dv (zeros where nothing contributes).
   return ops->bwd(p, opts);
+}
+
+Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& out, const TensorView& softmax_lse,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const std::optional<TensorView>& seqused_k,
+                      const std::optional<TensorView>& leftpad_k,
+                      const std::optional<TensorView>& block_table,
+                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                      bool is_causal, int window_size_left, int window_size_right, float softcap,
+                      bool return_softmax, int num_splits, const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_fwd_params(
+      q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
+      alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
+      window_size_left, window_size_right, softcap, return_softmax, num_splits, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(
+      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
+  return ops->fwd(p, opts);
+}
+
+Status mha_varlen_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const TensorView& out, const TensorView& softmax_lse,
+                      const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                      bool is_causal, int window_size_left, int window_size_right, float softcap,
+                      bool deterministic, const std::optional<TensorView>& softmax_d,
+                      const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_bwd_params(
+      dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
+      max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
+      window_size_left, window_size_right, softcap, deterministic, softmax_d, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(
+      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
+  return ops->bwd(p, opts);
+}
+
+Status mha_fwd_kvcache(const TensorView& q, const TensorView& kcache, const TensorView& vcache,
+                       const std::optional<TensorView>& k_new,
+                       const std::optional<TensorView>& v_new,
+                       const std::optional<TensorView>& cache_seqlens,
+                       const std::optional<TensorView>& rotary_cos,
+                       const std::optional<TensorView>& rotary_sin,
+                       const std::optional<TensorView>& cache_batch_idx,
+                       const std::optional<TensorView>& cache_leftpad,
+                       const std::optional<TensorView>& block_table,
+                       const std::optional<TensorView>& alibi_slopes, const TensorView& out,
+                       const TensorView& softmax_lse, float softmax_scale, bool is_causal,
+                       int window_size_left, int window_size_right, float softcap,
+                       bool is_rotary_interleaved, int num_splits, const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_kvcache_params(
+      q, kcache, vcache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin, cache_batch_idx,
+      cache_leftpad, block_table, alibi_slopes, out, softmax_lse, softmax_scale, is_causal,
+      window_size_left, window_size_right, softcap, is_rotary_interleaved, num_splits, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::require_feature(ops, detail::kFeatureKvcache, "the kv cache"));
+  return ops->fwd(p, opts);
 }
 
 }  // namespace flashplus

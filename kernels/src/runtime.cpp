@@ -51,6 +51,39 @@ Status synchronize(Backend b) {
   return o ? o->synchronize() : st;
 }
 
+Status measure_matmul_tflops(Backend b, double* tflops) {
+  Status st;
+  const detail::BackendOps* o = get(b, &st);
+  if (!o) return st;
+  if (!o->measure_matmul_tflops)
+    return Status::Unsupported(fmt::format("the {} backend does not measure peaks", backend_name(b)));
+  return o->measure_matmul_tflops(tflops);
+}
+
+Status measure_copy_gbs(Backend b, double* gbs) {
+  Status st;
+  const detail::BackendOps* o = get(b, &st);
+  if (!o) return st;
+  if (!o->measure_copy_gbs)
+    return Status::Unsupported(fmt::format("the {} backend does not measure peaks", backend_name(b)));
+  return o->measure_copy_gbs(gbs);
+}
+
+std::vector<KernelConfig> tuning_candidates(Backend b, const TuneKey& key) {
+  const detail::BackendOps* o = detail::ops_for(b);
+  return o && o->candidates ? o->candidates(key) : std::vector<KernelConfig>{};
+}
+
+bool last_kernel_config(Backend b, KernelConfig* out) {
+  const detail::BackendOps* o = detail::ops_for(b);
+  return o && o->last_config && o->last_config(out);
+}
+
+size_t default_l2_bytes(Backend b) {
+  const detail::BackendOps* o = detail::ops_for(b);
+  return o && o->device_kind != DeviceKind::cpu ? size_t{64} << 20 : 0;
+}
+
 Timer::Timer(Backend b) : backend_(b == Backend::auto_select ? best_backend() : b) {
   if (const detail::BackendOps* o = detail::ops_for(backend_)) impl_ = o->timer_create();
 }

@@ -29,6 +29,11 @@ const char* mask_kind_name(MaskKind m) {
   return "?";
 }
 
+MaskKind mask_kind_for(bool is_causal, int window_left, int window_right) {
+  if (is_causal) return window_left < 0 ? MaskKind::causal : MaskKind::window;
+  return window_left >= 0 || window_right >= 0 ? MaskKind::window : MaskKind::none;
+}
+
 std::string TuneKey::to_string() const {
   return fmt::format("{}/{}/d{}/{}/{}", arch, dtype_name(dtype), head_dim_bucket,
                      mask_kind_name(mask), mode);

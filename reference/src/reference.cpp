@@ -16,6 +16,7 @@
 #include <Eigen/Dense>
 
 #include "flashplus/numerics.h"
+#include "flashplus/philox.h"
 #include "flashplus_ref/reference.h"
 
 namespace flashplus::ref {
@@ -164,10 +165,28 @@ Mat<T> stage_pv(const Mat<T>& P, const Mat<T>& v, const R& rnd) {
   return o;
 }
 
-// The forward of one (b, h); keeps P and the softcap derivative for the backward.
+// 6. Dropout: D = keep / (1 - p) per element (0 or the exact rescale), from flashplus/philox.h.
+template <typename T>
+Mat<T> stage_dropout_scale(const Problem& p, int b, int h) {
+  const int sqs = p.canon_seqlen_q >= 0 ? p.canon_seqlen_q : p.seqlen_q;
+  const int sks = p.canon_seqlen_k >= 0 ? p.canon_seqlen_k : p.seqlen_k;
+  const uint32_t thr = dropout_threshold(static_cast<float>(p.p_dropout));
+  const T rp = static_cast<T>(1.0 / (1.0 - static_cast<double>(static_cast<float>(p.p_dropout))));
+  Mat<T> m(p.seqlen_q, p.seqlen_k);
+  for (int i = 0; i < p.seqlen_q; ++i)
+    for (int j = 0; j < p.seqlen_k; ++j)
+      m(i, j) = dropout_keep(p.dropout_seed, p.dropout_offset, thr, p.dropout_batch0 + b, h, i, j,
+                             p.nheads, sqs, sks)
+                    ? rp
+                    : T(0);
+  return m;
+}
+
+// The forward of one (b, h); keeps P (before dropout), the dropout scale and the softcap
+// derivative for the backward.
 template <typename T>
 struct HeadFwd {
-  Mat<T> P, dfactor, out;
+  Mat<T> P, drop, dfactor, out;
   std::vector<double> lse;
 };
 template <typename T, typename R>
@@ -180,7 +199,14 @@ HeadFwd<T> head_forward(const Problem& p, const Mask& mask, int b, int h, const 
   if (!p.alibi.empty()) stage_alibi<T>(z, mask, slope_of(p, b, h), p.seqlen_q, p.seqlen_k, rnd);
   stage_mask<T>(z, mask, p.seqlen_q, p.seqlen_k);
   stage_softmax<T>(z, &f.P, &f.lse, rnd);
-  f.out = stage_pv<T>(f.P, v, rnd);
+  if (p.p_dropout > 0) {
+    f.drop = stage_dropout_scale<T>(p, b, h);
+    Mat<T> Pd = (f.P.array() * f.drop.array()).matrix();
+    rnd(Pd);
+    f.out = stage_pv<T>(Pd, v, rnd);
+  } else {
+    f.out = stage_pv<T>(f.P, v, rnd);
+  }
   return f;
 }
 
@@ -240,8 +266,17 @@ void head_backward(const Problem& p, const HeadFwd<T>& f, const Mat<T>& q, const
                    const Mat<T>& v, const Mat<T>& dout, const R& rnd, Mat<T>* dq, Mat<T>* dk,
                    Mat<T>* dv) {
   const T scale = static_cast<T>(resolved_scale(p));
-  const Mat<T> dP = stage_dp<T>(dout, v, rnd);
-  *dv = stage_dv<T>(f.P, dout, rnd);
+  Mat<T> dP = stage_dp<T>(dout, v, rnd);
+  if (p.p_dropout > 0) {
+    // out = P_d v with P_d = P * drop: dV = P_d^T dO, and dP = dP_d * drop.
+    Mat<T> Pd = (f.P.array() * f.drop.array()).matrix();
+    rnd(Pd);
+    *dv = stage_dv<T>(Pd, dout, rnd);
+    dP = (dP.array() * f.drop.array()).matrix();
+    rnd(dP);
+  } else {
+    *dv = stage_dv<T>(f.P, dout, rnd);
+  }
   Mat<T> dS = stage_dsoftmax<T>(f.P, dP, rnd);
   stage_dsoftcap<T>(dS, f.dfactor, p.softcap, rnd);
   *dq = stage_dq<T>(dS, k, scale, rnd);
@@ -330,17 +365,19 @@ BwdResult backward_impl(const Problem& p, const std::vector<double>& q,
 
 }  // namespace
 
-// API.md §2.3, steps 1-4, with Sk* = seqlen_k and Sq* = seqlen_q (fixed-length attention).
+// API.md §2.3, steps 1-4, with Sk* = seqlen_k and Sq* = seqlen_q (fixed-length attention) unless
+// the problem names other host-known lengths (varlen, kv cache).
 Mask canonical_mask(const Problem& p) {
   int wl = p.window_left < 0 ? -1 : p.window_left;
   int wr = p.window_right < 0 ? -1 : p.window_right;
-  const int sk = p.seqlen_k;
+  const int sk = p.canon_seqlen_k >= 0 ? p.canon_seqlen_k : p.seqlen_k;  // Sk*
+  const int sq = p.canon_seqlen_q >= 0 ? p.canon_seqlen_q : p.seqlen_q;  // Sq*
   // 1. a side at least as long as the keys is unbounded.
   if (wl >= sk) wl = -1;
   if (wr >= sk) wr = -1;
   // 2. a single causal query row without ALiBi is non-causal (it sees every key either way).
   bool causal = p.causal;
-  if (causal && p.seqlen_q == 1 && p.alibi.empty()) causal = false;
+  if (causal && sq == 1 && p.alibi.empty()) causal = false;
   // 3. causal means right = 0 (a bounded left side is kept).
   if (causal) wr = 0;
   Mask m;
@@ -375,6 +412,268 @@ BwdResult backward_naive(const Problem& p, const std::vector<double>& q,
                          const std::vector<double>& k, const std::vector<double>& v,
                          const std::vector<double>& dout, DType t) {
   return backward_impl<float>(p, q, k, v, dout, RoundTo{t});
+}
+
+// ---- variable-length batches: one fixed-length problem per sequence ----------------------------
+
+namespace {
+
+int varlen_sk(const VarlenProblem& vp, int b) {
+  return vp.seqused_k.empty() ? vp.cu_seqlens_k[b + 1] - vp.cu_seqlens_k[b] : vp.seqused_k[b];
+}
+
+// Sequence b as a batch-1 problem of its actual lengths.
+Problem varlen_seq_problem(const VarlenProblem& vp, int b) {
+  Problem p;
+  p.batch = 1;
+  p.seqlen_q = vp.cu_seqlens_q[b + 1] - vp.cu_seqlens_q[b];
+  p.seqlen_k = varlen_sk(vp, b);
+  p.nheads = vp.nheads;
+  p.nheads_k = vp.nheads_k;
+  p.head_dim = vp.head_dim;
+  p.softmax_scale = vp.softmax_scale;
+  p.causal = vp.causal;
+  p.window_left = vp.window_left;
+  p.window_right = vp.window_right;
+  p.softcap = vp.softcap;
+  p.canon_seqlen_q = vp.max_seqlen_q;
+  p.canon_seqlen_k = vp.max_seqlen_k;
+  p.p_dropout = vp.p_dropout;
+  p.dropout_seed = vp.dropout_seed;
+  p.dropout_offset = vp.dropout_offset;
+  p.dropout_batch0 = b;
+  if (vp.alibi.size() == static_cast<size_t>(vp.nheads)) {
+    p.alibi = vp.alibi;
+  } else if (!vp.alibi.empty()) {
+    p.alibi.assign(vp.alibi.begin() + static_cast<int64_t>(b) * vp.nheads,
+                   vp.alibi.begin() + static_cast<int64_t>(b + 1) * vp.nheads);
+  }
+  return p;
+}
+
+// Rows [row0, row0 + rows) of a packed (total, width) tensor.
+std::vector<double> rows_of(const std::vector<double>& x, int64_t row0, int64_t rows, int64_t width) {
+  return std::vector<double>(x.begin() + row0 * width, x.begin() + (row0 + rows) * width);
+}
+
+void check_varlen(const VarlenProblem& vp, size_t nq, size_t nk, size_t nv) {
+  const int B = vp.batch();
+  if (B < 1 || vp.cu_seqlens_k.size() != vp.cu_seqlens_q.size() ||
+      (!vp.seqused_k.empty() && static_cast<int>(vp.seqused_k.size()) != B))
+    throw std::invalid_argument("flashplus::ref: bad varlen problem");
+  const size_t wq = static_cast<size_t>(vp.nheads) * vp.head_dim;
+  const size_t wk = static_cast<size_t>(vp.nheads_k) * vp.head_dim;
+  if (nq != wq * vp.total_q || nk != wk * vp.total_k || nv != nk)
+    throw std::invalid_argument("flashplus::ref: varlen tensor sizes do not match the problem");
+}
+
+template <bool kNaive>
+FwdResult varlen_forward_impl(const VarlenProblem& vp, const std::vector<double>& q,
+                              const std::vector<double>& k, const std::vector<double>& v, DType t) {
+  check_varlen(vp, q.size(), k.size(), v.size());
+  const int64_t wq = static_cast<int64_t>(vp.nheads) * vp.head_dim;
+  const int64_t wk = static_cast<int64_t>(vp.nheads_k) * vp.head_dim;
+  FwdResult r;
+  r.out.assign(q.size(), 0.0);
+  r.lse.assign(static_cast<size_t>(vp.nheads) * vp.total_q, 0.0);
+  for (int b = 0; b < vp.batch(); ++b) {
+    const Problem p = varlen_seq_problem(vp, b);
+    if (p.seqlen_q == 0) continue;
+    const int q0 = vp.cu_seqlens_q[b], k0 = vp.cu_seqlens_k[b];
+    const auto qs = rows_of(q, q0, p.seqlen_q, wq);
+    std::vector<double> ks, vs;
+    if (vp.block_table.empty()) {
+      ks = rows_of(k, k0, p.seqlen_k, wk);
+      vs = rows_of(v, k0, p.seqlen_k, wk);
+    } else {
+      for (int j = 0; j < p.seqlen_k; ++j) {
+        const int64_t row =
+            static_cast<int64_t>(vp.block_table[static_cast<size_t>(b) * vp.max_blocks_per_seq +
+                                                j / vp.page_block_size]) * vp.page_block_size +
+            j % vp.page_block_size;
+        ks.insert(ks.end(), k.begin() + row * wk, k.begin() + (row + 1) * wk);
+        vs.insert(vs.end(), v.begin() + row * wk, v.begin() + (row + 1) * wk);
+      }
+    }
+    const FwdResult f = kNaive ? forward_naive(p, qs, ks, vs, t) : forward(p, qs, ks, vs);
+    std::copy(f.out.begin(), f.out.end(), r.out.begin() + q0 * wq);
+    for (int h = 0; h < vp.nheads; ++h)
+      for (int i = 0; i < p.seqlen_q; ++i)
+        r.lse[static_cast<size_t>(h) * vp.total_q + q0 + i] = f.lse[static_cast<size_t>(h) * p.seqlen_q + i];
+  }
+  return r;
+}
+
+template <bool kNaive>
+BwdResult varlen_backward_impl(const VarlenProblem& vp, const std::vector<double>& q,
+                               const std::vector<double>& k, const std::vector<double>& v,
+                               const std::vector<double>& dout, DType t) {
+  check_varlen(vp, q.size(), k.size(), v.size());
+  if (dout.size() != q.size()) throw std::invalid_argument("flashplus::ref: dout must match q");
+  if (!vp.block_table.empty())
+    throw std::invalid_argument("flashplus::ref: no backward through paged K/V (API.md §2.9)");
+  const int64_t wq = static_cast<int64_t>(vp.nheads) * vp.head_dim;
+  const int64_t wk = static_cast<int64_t>(vp.nheads_k) * vp.head_dim;
+  BwdResult r;
+  r.dq.assign(q.size(), 0.0);
+  r.dk.assign(k.size(), 0.0);
+  r.dv.assign(v.size(), 0.0);
+  for (int b = 0; b < vp.batch(); ++b) {
+    const Problem p = varlen_seq_problem(vp, b);
+    const int q0 = vp.cu_seqlens_q[b], k0 = vp.cu_seqlens_k[b];
+    const auto qs = rows_of(q, q0, p.seqlen_q, wq);
+    const auto ks = rows_of(k, k0, p.seqlen_k, wk);
+    const auto vs = rows_of(v, k0, p.seqlen_k, wk);
+    const auto dos = rows_of(dout, q0, p.seqlen_q, wq);
+    const BwdResult g = kNaive ? backward_naive(p, qs, ks, vs, dos, t) : backward(p, qs, ks, vs, dos);
+    std::copy(g.dq.begin(), g.dq.end(), r.dq.begin() + q0 * wq);
+    std::copy(g.dk.begin(), g.dk.end(), r.dk.begin() + k0 * wk);
+    std::copy(g.dv.begin(), g.dv.end(), r.dv.begin() + k0 * wk);
+  }
+  return r;
+}
+
+}  // namespace
+
+FwdResult varlen_forward(const VarlenProblem& p, const std::vector<double>& q,
+                         const std::vector<double>& k, const std::vector<double>& v) {
+  return varlen_forward_impl<false>(p, q, k, v, DType::f32);
+}
+FwdResult varlen_forward_naive(const VarlenProblem& p, const std::vector<double>& q,
+                               const std::vector<double>& k, const std::vector<double>& v, DType t) {
+  return varlen_forward_impl<true>(p, q, k, v, t);
+}
+BwdResult varlen_backward(const VarlenProblem& p, const std::vector<double>& q,
+                          const std::vector<double>& k, const std::vector<double>& v,
+                          const std::vector<double>& dout) {
+  return varlen_backward_impl<false>(p, q, k, v, dout, DType::f32);
+}
+BwdResult varlen_backward_naive(const VarlenProblem& p, const std::vector<double>& q,
+                                const std::vector<double>& k, const std::vector<double>& v,
+                                const std::vector<double>& dout, DType t) {
+  return varlen_backward_impl<true>(p, q, k, v, dout, t);
+}
+
+// ---- kv cache: update the cache, then one fixed-length problem per sequence --------------------
+
+int64_t KvcacheProblem::cache_row(int b, int pos) const {
+  if (paged()) {
+    const int blk = block_table[static_cast<size_t>(b) * max_blocks_per_seq + pos / page_block_size];
+    return static_cast<int64_t>(blk) * page_block_size + pos % page_block_size;
+  }
+  const int row = cache_batch_idx.empty() ? b : cache_batch_idx[b];
+  return static_cast<int64_t>(row) * seqlen_cache + pos;
+}
+
+namespace {
+
+// Rotate x[0..rotary_dim) at position pos (API.md §7.1). Exact: fp64. Naive: fp32, result
+// rounded to t (what a kernel stores).
+void ref_rotate(const KvcacheProblem& p, int pos, double* x, bool naive, DType t) {
+  const int half = p.rotary_dim / 2;
+  for (int j = 0; j < half; ++j) {
+    const int a = p.rotary_interleaved ? 2 * j : j;
+    const int b = p.rotary_interleaved ? 2 * j + 1 : j + half;
+    const double c = p.rotary_cos[static_cast<size_t>(pos) * half + j];
+    const double s = p.rotary_sin[static_cast<size_t>(pos) * half + j];
+    if (naive) {
+      const float x0 = static_cast<float>(x[a]), x1 = static_cast<float>(x[b]);
+      const float fc = static_cast<float>(c), fs = static_cast<float>(s);
+      x[a] = round_to(t, x0 * fc - x1 * fs);
+      x[b] = round_to(t, x0 * fs + x1 * fc);
+    } else {
+      const double x0 = x[a], x1 = x[b];
+      x[a] = x0 * c - x1 * s;
+      x[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+KvcacheResult kvcache_impl(const KvcacheProblem& kp, const std::vector<double>& q,
+                           const std::vector<double>& k_cache, const std::vector<double>& v_cache,
+                           const std::vector<double>& k_new, const std::vector<double>& v_new,
+                           bool naive, DType t) {
+  const int B = kp.batch, d = kp.head_dim, hk = kp.nheads_k, h = kp.nheads, sq = kp.seqlen_q;
+  const int64_t wk = static_cast<int64_t>(hk) * d, wq = static_cast<int64_t>(h) * d;
+  const int cap = kp.capacity();
+  const bool rotary = kp.rotary_dim > 0;
+  if (q.size() != static_cast<size_t>(B) * sq * wq || k_cache.size() != v_cache.size() ||
+      k_new.size() != static_cast<size_t>(B) * kp.seqlen_new * wk || v_new.size() != k_new.size())
+    throw std::invalid_argument("flashplus::ref: kv cache tensor sizes do not match the problem");
+  KvcacheResult r;
+  r.k_cache = k_cache;
+  r.v_cache = v_cache;
+  // 1. append (k rotated at its absolute position).
+  for (int b = 0; b < B; ++b)
+    for (int tt = 0; tt < kp.seqlen_new; ++tt) {
+      const int pos = kp.cache_seqlens[b] + tt;
+      const int64_t row = kp.cache_row(b, pos);
+      for (int g = 0; g < hk; ++g) {
+        const size_t src = ((static_cast<size_t>(b) * kp.seqlen_new + tt) * hk + g) * d;
+        std::vector<double> x(k_new.begin() + src, k_new.begin() + src + d);
+        if (rotary) ref_rotate(kp, pos, x.data(), naive, t);
+        std::copy(x.begin(), x.end(), r.k_cache.begin() + row * wk + g * d);
+        std::copy(v_new.begin() + src, v_new.begin() + src + d, r.v_cache.begin() + row * wk + g * d);
+      }
+    }
+  // 2. attention per sequence over [leftpad, end).
+  r.fwd.out.assign(q.size(), 0.0);
+  r.fwd.lse.assign(static_cast<size_t>(B) * h * sq, 0.0);
+  for (int b = 0; b < B; ++b) {
+    const int end = kp.cache_seqlens.empty() ? cap : kp.cache_seqlens[b] + kp.seqlen_new;
+    const int lp = kp.cache_leftpad.empty() ? 0 : kp.cache_leftpad[b];
+    Problem p;
+    p.batch = 1;
+    p.seqlen_q = sq;
+    p.seqlen_k = end - lp;
+    p.nheads = h;
+    p.nheads_k = hk;
+    p.head_dim = d;
+    p.softmax_scale = kp.softmax_scale;
+    p.causal = kp.causal;
+    p.window_left = kp.window_left;
+    p.window_right = kp.window_right;
+    p.softcap = kp.softcap;
+    p.canon_seqlen_q = sq;
+    p.canon_seqlen_k = cap;
+    if (kp.alibi.size() == static_cast<size_t>(h)) p.alibi = kp.alibi;
+    else if (!kp.alibi.empty())
+      p.alibi.assign(kp.alibi.begin() + static_cast<int64_t>(b) * h, kp.alibi.begin() + static_cast<int64_t>(b + 1) * h);
+    std::vector<double> ks(static_cast<size_t>(p.seqlen_k) * wk), vs(ks.size());
+    for (int j = 0; j < p.seqlen_k; ++j) {
+      const int64_t row = kp.cache_row(b, lp + j);
+      std::copy(r.k_cache.begin() + row * wk, r.k_cache.begin() + (row + 1) * wk, ks.begin() + j * wk);
+      std::copy(r.v_cache.begin() + row * wk, r.v_cache.begin() + (row + 1) * wk, vs.begin() + j * wk);
+    }
+    std::vector<double> qs(q.begin() + static_cast<int64_t>(b) * sq * wq, q.begin() + static_cast<int64_t>(b + 1) * sq * wq);
+    if (rotary) {
+      const bool local = canonical_mask(p).bounded;
+      const int base = kp.cache_seqlens.empty() ? 0 : kp.cache_seqlens[b];
+      for (int i = 0; i < sq; ++i)
+        for (int hh = 0; hh < h; ++hh)
+          ref_rotate(kp, local ? base + i : base, qs.data() + i * wq + hh * d, naive, t);
+    }
+    const FwdResult f = naive ? forward_naive(p, qs, ks, vs, t) : forward(p, qs, ks, vs);
+    std::copy(f.out.begin(), f.out.end(), r.fwd.out.begin() + static_cast<int64_t>(b) * sq * wq);
+    std::copy(f.lse.begin(), f.lse.end(), r.fwd.lse.begin() + static_cast<int64_t>(b) * h * sq);
+  }
+  return r;
+}
+
+}  // namespace
+
+KvcacheResult kvcache_forward(const KvcacheProblem& p, const std::vector<double>& q,
+                              const std::vector<double>& k_cache,
+                              const std::vector<double>& v_cache,
+                              const std::vector<double>& k_new, const std::vector<double>& v_new) {
+  return kvcache_impl(p, q, k_cache, v_cache, k_new, v_new, false, DType::f32);
+}
+KvcacheResult kvcache_forward_naive(const KvcacheProblem& p, const std::vector<double>& q,
+                                    const std::vector<double>& k_cache,
+                                    const std::vector<double>& v_cache,
+                                    const std::vector<double>& k_new,
+                                    const std::vector<double>& v_new, DType t) {
+  return kvcache_impl(p, q, k_cache, v_cache, k_new, v_new, true, t);
 }
 
 }  // namespace flashplus::ref

@@ -8,11 +8,15 @@
 
 #include "flashplus/tensor.h"
 
+#ifndef FLASHPLUS_HD
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FLASHPLUS_HD __host__ __device__
 #else
 #define FLASHPLUS_HD
 #endif
+#endif
+
+#include "flashplus/philox.h"
 
 namespace flashplus {
 
@@ -42,7 +46,12 @@ struct AttnParams {
   const void* k = nullptr;
   const void* v = nullptr;
   void* out = nullptr;
-  float* softmax_lse = nullptr;  // (batch, nheads, seqlen_q), contiguous fp32
+  // fp32 log-sum-exp of query token (b, h, i) at lse_offset(b, h, i). Fixed length and kv cache:
+  // (batch, nheads, seqlen_q); varlen: (nheads, total_q). Tokens are always contiguous (stride 1),
+  // so the rows of one (b, h) are a contiguous run starting at lse_offset(b, h, 0).
+  float* softmax_lse = nullptr;
+  int64_t lse_batch_stride = 0;  // unused (0) in varlen mode
+  int64_t lse_head_stride = 0;
   Strides3 q_stride, k_stride, v_stride, out_stride;
 
   // ---- scores -------------------------------------------------------------------------------
@@ -73,19 +82,142 @@ struct AttnParams {
   Strides3 dout_stride, dq_stride, dk_stride, dv_stride;
   bool deterministic = false;  // bit-identical results run to run (no order-dependent atomics)
 
+  // ---- dropout (API.md §2.7; the RNG is flashplus/philox.h) ----------------------------------
+  // P'_ij = P_ij * keep(b, h, i, j) / (1 - p_dropout); lse is computed before dropout. The
+  // backward must see the same seed/offset as the forward (RunOptions::dropout_seed/offset).
+  float p_dropout = 0.f;             // 0 = off
+  float rp_dropout = 1.f;            // 1 / (1 - p_dropout)
+  uint32_t dropout_threshold = 0;    // keep iff the element's draw < threshold
+  uint64_t philox_seed = 0;
+  uint64_t philox_offset = 0;
+  FLASHPLUS_HD bool has_dropout() const { return p_dropout > 0.f; }
+  // Element (b, h, i, j), i and j counted within sequence b; the index uses Sq* = seqlen_q and
+  // Sk* = seqlen_k (varlen: max_seqlen_q/k).
+  FLASHPLUS_HD bool dropout_keep(int b, int h, int i, int j) const {
+    return flashplus::dropout_keep(philox_seed, philox_offset, dropout_threshold, b, h, i, j,
+                                   nheads, seqlen_q, seqlen_k);
+  }
+
+  // ---- variable-length batches (mha_varlen_fwd / mha_varlen_bwd) ----------------------------
+  // When cu_seqlens_q is set, q/out/dout/dq are packed (total_q, nheads, d) and k/v/dk/dv packed
+  // (total_k, nheads_k, d): sequence b owns query tokens [cu_seqlens_q[b], cu_seqlens_q[b+1]) and
+  // key tokens [cu_seqlens_k[b], cu_seqlens_k[b] + actual_seqlen_k(b)). *_stride.batch is 0.
+  // seqlen_q / seqlen_k then hold max_seqlen_q / max_seqlen_k (Sq*, Sk* of API.md §2.3). The
+  // pointers live in the same memory as q (host memory for the CPU backend). With block_table
+  // (forward only) k/v are a paged cache as in kv-cache mode below and key j of sequence b is
+  // logical position j of its table (cu_seqlens_k then only gives the lengths; total_k = 0).
+  const int* cu_seqlens_q = nullptr;  // (batch + 1) int32
+  const int* cu_seqlens_k = nullptr;  // (batch + 1) int32
+  const int* seqused_k = nullptr;     // optional (batch) int32: keys used of each sequence
+  int total_q = 0;
+  int total_k = 0;
+  bool zero_tensors = false;          // zero out/dq/dk/dv (lse: -inf, softmax_d: 0) first
+
+  // ---- kv cache (mha_fwd_kvcache) -----------------------------------------------------------
+  // k/v (and kcache/vcache, the same memory, writable) are the cache: contiguous
+  // (batch_cache, seqlen_cache, nheads_k, d), or paged (num_blocks, page_block_size, nheads_k, d)
+  // with block_table. seqlen_k is the capacity (seqlen_cache or max_blocks_per_seq *
+  // page_block_size), Sk* of API.md §2.3. Key j of sequence b is the cache slot at logical
+  // position leftpad(b) + j; sequence b attends to actual_seqlen_k(b) keys.
+  bool is_kvcache = false;
+  void* kcache = nullptr;
+  void* vcache = nullptr;
+  const int* cache_seqlens = nullptr;    // (batch): tokens already cached; nullptr = capacity
+  const int* cache_batch_idx = nullptr;  // (batch): cache row of batch b; nullptr = b
+  const int* cache_leftpad = nullptr;    // (batch): first valid position; nullptr = 0
+  const int* block_table = nullptr;      // (batch, max_blocks_per_seq); nullptr = contiguous
+  int64_t block_table_batch_stride = 0;
+  int max_blocks_per_seq = 0;
+  int page_block_size = 0;               // any size >= 1 (upstream: multiple of 256)
+  int num_blocks = 0;
+  int batch_cache = 0;                   // contiguous cache: rows of the cache
+  // New tokens appended at logical positions cache_seqlens[b] .. + seqlen_new - 1 before
+  // attending (k after rotary). seqlen_new = 0: nothing appended.
+  const void* k_new = nullptr;
+  const void* v_new = nullptr;
+  Strides3 knew_stride, vnew_stride;
+  int seqlen_new = 0;
+  // Rotary (API.md §7.1) of q and k_new; cos/sin (seqlen_ro, rotary_dim / 2), dtype of q,
+  // contiguous. rotary_dim = 0: off.
+  const void* rotary_cos = nullptr;
+  const void* rotary_sin = nullptr;
+  int rotary_dim = 0;
+  int seqlen_ro = 0;
+  bool rotary_interleaved = false;
+  // Pieces the key sequence is split into, combined through their LSE. 0 = the backend
+  // chooses; 1 = no split; at most 128.
+  int num_splits = 1;
+
   // ---- helpers shared by every backend ------------------------------------------------------
   FLASHPLUS_HD bool has_window() const { return window_left >= 0; }
-  // Visible key range [lo, hi) of query row i (may be empty: lo >= hi).
+  // Visible key range [lo, hi) of query row i (may be empty: lo >= hi), fixed-length sizes.
   FLASHPLUS_HD void key_range(int i, int* lo, int* hi) const {
-    int l = 0, h = seqlen_k;
+    key_range(i, seqlen_q, seqlen_k, lo, hi);
+  }
+  // The same for a sequence of actual lengths sq, sk (varlen / kv cache: actual_seqlen_q/k(b)).
+  FLASHPLUS_HD void key_range(int i, int sq, int sk, int* lo, int* hi) const {
+    int l = 0, h = sk;
     if (window_left >= 0) {
-      const long long off = static_cast<long long>(i) + seqlen_k - seqlen_q;
+      const long long off = static_cast<long long>(i) + sk - sq;
       const long long a = off - window_left, b = off + window_right + 1;
-      l = a > 0 ? static_cast<int>(a > seqlen_k ? seqlen_k : a) : 0;
-      h = b < seqlen_k ? static_cast<int>(b < 0 ? 0 : b) : seqlen_k;
+      l = a > 0 ? static_cast<int>(a > sk ? sk : a) : 0;
+      h = b < sk ? static_cast<int>(b < 0 ? 0 : b) : sk;
     }
     *lo = l;
     *hi = h;
+  }
+
+  // ---- per-sequence geometry (fixed length, varlen and kv cache alike) ----------------------
+  FLASHPLUS_HD bool is_varlen() const { return cu_seqlens_q != nullptr; }
+  FLASHPLUS_HD int leftpad(int b) const { return cache_leftpad ? cache_leftpad[b] : 0; }
+  // Query rows of sequence b.
+  FLASHPLUS_HD int actual_seqlen_q(int b) const {
+    return cu_seqlens_q ? cu_seqlens_q[b + 1] - cu_seqlens_q[b] : seqlen_q;
+  }
+  // Keys sequence b attends to (kv cache: after appending k_new, from leftpad(b)).
+  FLASHPLUS_HD int actual_seqlen_k(int b) const {
+    if (cu_seqlens_k) return seqused_k ? seqused_k[b] : cu_seqlens_k[b + 1] - cu_seqlens_k[b];
+    if (is_kvcache)
+      return (cache_seqlens ? cache_seqlens[b] + seqlen_new : seqlen_k) - leftpad(b);
+    return seqlen_k;
+  }
+  // Element offset of query row i of sequence b (head 0) in a q-like tensor (q, out, dout, dq).
+  FLASHPLUS_HD int64_t q_offset(const Strides3& st, int b, int i) const {
+    return cu_seqlens_q ? static_cast<int64_t>(cu_seqlens_q[b] + i) * st.row
+                        : static_cast<int64_t>(b) * st.batch + static_cast<int64_t>(i) * st.row;
+  }
+  // Index of (b, h, row i) in softmax_lse (and softmax_d, split accumulators).
+  FLASHPLUS_HD int64_t lse_offset(int b, int h, int i) const {
+    return cu_seqlens_q
+               ? static_cast<int64_t>(h) * lse_head_stride + cu_seqlens_q[b] + i
+               : static_cast<int64_t>(b) * lse_batch_stride + static_cast<int64_t>(h) * lse_head_stride + i;
+  }
+  // Number of entries softmax_lse spans (its layout above).
+  FLASHPLUS_HD int64_t lse_size() const {
+    return cu_seqlens_q ? static_cast<int64_t>(nheads) * total_q
+                        : static_cast<int64_t>(batch) * nheads * seqlen_q;
+  }
+  // Element offset of the cache slot at logical position pos of sequence b (head 0).
+  FLASHPLUS_HD int64_t cache_offset(const Strides3& st, int b, int pos) const {
+    if (block_table) {
+      const int blk = block_table[static_cast<int64_t>(b) * block_table_batch_stride + pos / page_block_size];
+      return static_cast<int64_t>(blk) * st.batch + static_cast<int64_t>(pos % page_block_size) * st.row;
+    }
+    const int row = cache_batch_idx ? cache_batch_idx[b] : b;
+    return static_cast<int64_t>(row) * st.batch + static_cast<int64_t>(pos) * st.row;
+  }
+  // Element offset of key j of sequence b (head 0) in a k-like tensor (k, v, dk, dv).
+  FLASHPLUS_HD int64_t kv_offset(const Strides3& st, int b, int j) const {
+    if (cu_seqlens_k)  // paged varlen: keys start at position 0 of the sequence's own table
+      return block_table ? cache_offset(st, b, j) : static_cast<int64_t>(cu_seqlens_k[b] + j) * st.row;
+    if (is_kvcache) return cache_offset(st, b, leftpad(b) + j);
+    return static_cast<int64_t>(b) * st.batch + static_cast<int64_t>(j) * st.row;
+  }
+  // Rotary position of query row i of sequence b (API.md §3.7): absolute cache coordinates,
+  // cache_seqlens[b] + i when the mask is causal or windowed, else cache_seqlens[b] for every row.
+  FLASHPLUS_HD int rotary_pos_q(int b, int i) const {
+    const int base = cache_seqlens ? cache_seqlens[b] : 0;
+    return has_window() ? base + i : base;
   }
 };
 

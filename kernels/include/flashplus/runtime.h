@@ -6,6 +6,9 @@
 #include "flashplus/api.h"
 #include "flashplus/status.h"
 #include "flashplus/tensor.h"
+#include "flashplus/tuning.h"
+
+#include <vector>
 
 namespace flashplus::runtime {
 
@@ -18,6 +21,21 @@ Status copy_to_host(Backend b, void* dst, const void* src, size_t bytes);
 Status synchronize(Backend b);
 
 // Elapsed-time measurement: device events on GPUs, steady_clock on the CPU.
+// ---- for bench and autotune -------------------------------------------------------------------
+// Measured peaks of the backend's first device: dense matmul TFLOP/s (the backend's own GEMM; fp32
+// on the CPU) and copy bandwidth GB/s (read + written bytes per second). Unsupported when the
+// backend does not measure them ("not measured").
+Status measure_matmul_tflops(Backend b, double* tflops);
+Status measure_copy_gbs(Backend b, double* gbs);
+// The kernel configurations the backend offers autotune for `key` (empty: nothing to tune).
+std::vector<KernelConfig> tuning_candidates(Backend b, const TuneKey& key);
+// The configuration the most recent mha_fwd/mha_bwd on this thread ran with on backend `b`;
+// false when unknown (no call yet, or the backend does not report it).
+bool last_kernel_config(Backend b, KernelConfig* out);
+// Bytes of last-level cache a benchmark must exceed so repeated runs do not measure the cache:
+// 64 MiB on GPUs (a default above every current L2), 0 on the CPU (bench rotates 2 sets).
+size_t default_l2_bytes(Backend b);
+
 class Timer {
  public:
   explicit Timer(Backend b);

@@ -35,6 +35,9 @@ struct KernelConfig {
 // Mask kinds that select different kernels/configs.
 enum class MaskKind { none, causal, window };
 const char* mask_kind_name(MaskKind m);
+// The mask kind of a call, from the arguments as passed to mha_fwd: causal with an unbounded left
+// side is `causal`; any other bounded side (or causal with a left window) is `window`.
+MaskKind mask_kind_for(bool is_causal, int window_left, int window_right);
 
 struct TuneKey {
   std::string arch;  // "sm_90", "gfx90a", "cpu"

@@ -1,0 +1,80 @@
+// The CPU backend's run-time tile choice (tiles.h): override, tuned table, or the default.
+#include <cstdio>
+#include <mutex>
+
+#include "backend.h"
+#include "cpu/tiles.h"
+
+namespace flashplus::cpu {
+namespace {
+
+thread_local KernelConfig t_last;
+thread_local bool t_has_last = false;
+
+// Computed once: device_fingerprint of the CPU device (no list_devices() per call, which would
+// probe every GPU backend too).
+const std::string& cpu_fingerprint() {
+  static const std::string fp = [] {
+    const auto devs = detail::cpu_ops()->devices();
+    return devs.empty() ? std::string("cpu-unknown") : device_fingerprint(devs[0]);
+  }();
+  return fp;
+}
+
+KernelConfig with_defaults(KernelConfig c) {
+  if (c.block_m == 0) c.block_m = kBlockM;
+  if (c.block_n == 0) c.block_n = kBlockN;
+  return c;
+}
+
+}  // namespace
+
+bool tile_supported(int bm, int bn) {
+  for (const TileShape& t : kTileShapes)
+    if (t.block_m == bm && t.block_n == bn) return true;
+  return false;
+}
+
+KernelConfig tile_config(const AttnParams& p, const RunOptions& opts, const char* mode) {
+  const KernelConfig heuristic{kBlockM, kBlockN};
+  KernelConfig c;
+  if (opts.config_override) {
+    c = with_defaults(*opts.config_override);
+  } else {
+    TuneKey key;
+    key.arch = "cpu";
+    key.dtype = p.dtype;
+    key.head_dim_bucket = head_dim_bucket(p.head_dim);
+    key.mask = p.is_causal ? MaskKind::causal : p.has_window() ? MaskKind::window : MaskKind::none;
+    key.mode = mode;
+    bool from_table = false;
+    c = with_defaults(choose_config(cpu_fingerprint(), key, heuristic, &from_table));
+    if (from_table && !tile_supported(c.block_m, c.block_n)) {
+      static std::once_flag warned;
+      std::call_once(warned, [&] {
+        std::fprintf(stderr,
+                     "flashplus: warning: tuned table entry %s asks for tile m%dn%d, which the cpu "
+                     "backend has no instance for; using the default m%dn%d\n",
+                     key.to_string().c_str(), c.block_m, c.block_n, kBlockM, kBlockN);
+      });
+      c = heuristic;
+    }
+  }
+  // Only the tile shape means anything to the CPU kernels.
+  t_last = KernelConfig{c.block_m, c.block_n};
+  t_has_last = true;
+  return t_last;
+}
+
+bool last_config(KernelConfig* out) {
+  if (t_has_last && out) *out = t_last;
+  return t_has_last;
+}
+
+std::vector<KernelConfig> candidates(const TuneKey&) {
+  std::vector<KernelConfig> out;
+  for (const TileShape& t : kTileShapes) out.push_back(KernelConfig{t.block_m, t.block_n});
+  return out;
+}
+
+}  // namespace flashplus::cpu

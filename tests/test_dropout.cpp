@@ -1,0 +1,157 @@
+// Dropout on every backend that implements it, against the fp64 reference, which applies the same
+// mask (flashplus/philox.h) itself: forward and backward, GQA, causal, windows, ALiBi, odd sizes.
+// Plus the generator's own properties (keep rate, reproducibility) and the error paths.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "harness.h"
+#include "flashplus/philox.h"
+
+using namespace flashplus;
+using flashplus::testing::Buffer;
+using flashplus::testing::Case;
+
+namespace {
+
+Case make(int b, int sq, int sk, int h, int hk, int d, DType t, double p) {
+  Case c;
+  c.p.batch = b;
+  c.p.seqlen_q = sq;
+  c.p.seqlen_k = sk;
+  c.p.nheads = h;
+  c.p.nheads_k = hk;
+  c.p.head_dim = d;
+  c.p.p_dropout = p;
+  c.p.dropout_seed = 0x5eed0000ull + 977ull * sq + sk;
+  c.p.dropout_offset = 17;
+  c.dtype = t;
+  c.seed = 1000003ull * b + 10007ull * sq + 101ull * sk + 13ull * h + 7ull * hk + d;
+  return c;
+}
+
+void check_all(const std::vector<Case>& cases) {
+  for (const Case& c : cases) {
+    const auto r = testing::run_case(c, Backend::cpu);
+    INFO(c.describe());
+    INFO(r.summary());
+    CHECK(r.pass());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("dropout: forward and backward match the reference with the same mask", "[dropout]") {
+  std::vector<Case> cs;
+  for (DType t : {DType::f32, DType::f16, DType::bf16}) {
+    cs.push_back(make(2, 17, 33, 2, 2, 40, t, 0.17));
+    cs.push_back(make(1, 129, 70, 4, 1, 64, t, 0.5));  // MQA, off the tile grid
+  }
+  Case c = make(2, 40, 90, 4, 2, 32, DType::f16, 0.1);
+  c.p.causal = true;
+  cs.push_back(c);
+  Case w = make(1, 50, 50, 2, 1, 32, DType::bf16, 0.3);
+  w.p.window_left = 5;
+  w.p.window_right = 3;
+  cs.push_back(w);
+  Case a = make(2, 20, 31, 2, 2, 16, DType::f32, 0.25);
+  a.p.alibi = {0.25, 0.125};
+  a.p.causal = true;
+  cs.push_back(a);
+  Case e = make(1, 6, 2, 2, 2, 16, DType::f32, 0.4);  // empty rows stay empty
+  e.p.causal = true;
+  cs.push_back(e);
+  check_all(cs);
+}
+
+TEST_CASE("dropout: the kernel applies exactly keep() of philox.h", "[dropout]") {
+  // q = 0 makes P uniform (1/sk); v_j = e_j makes out[i][j] = P_ij * keep / (1 - p).
+  const int sq = 3, sk = 64, h = 2, d = 64;
+  const float p = 0.3f;
+  std::vector<double> v(size_t(sk) * d, 0.0);
+  for (int j = 0; j < sk; ++j) v[size_t(j) * d + j] = 1.0;
+  Buffer bq(Backend::cpu, DType::f32, sq * h * d), bk(Backend::cpu, DType::f32, sk * d),
+      bv(Backend::cpu, DType::f32, sk * d), bo(Backend::cpu, DType::f32, sq * h * d),
+      bl(Backend::cpu, DType::f32, h * sq);
+  REQUIRE(bq.fill(0.f).ok());
+  REQUIRE(bk.fill(0.5f).ok());
+  REQUIRE(bv.upload(v).ok());
+  RunOptions opts;
+  opts.backend = Backend::cpu;
+  opts.dropout_seed = 42;
+  opts.dropout_offset = 7;
+  REQUIRE(mha_fwd(bq.view({1, sq, h, d}), bk.view({1, sk, 1, d}), bv.view({1, sk, 1, d}),
+                  bo.view({1, sq, h, d}), bl.view({1, h, sq}), std::nullopt, p, 0.f, false, -1,
+                  -1, 0.f, false, opts)
+              .ok());
+  std::vector<double> out;
+  REQUIRE(bo.download(&out).ok());
+  const uint32_t thr = dropout_threshold(p);
+  const double kept = 1.0 / sk / (1.0 - p);
+  int dropped = 0;
+  for (int i = 0; i < sq; ++i)
+    for (int hh = 0; hh < h; ++hh)
+      for (int j = 0; j < sk; ++j) {
+        const bool keep = dropout_keep(42, 7, thr, 0, hh, i, j, h, sq, sk);
+        dropped += !keep;
+        REQUIRE(out[(size_t(i) * h + hh) * d + j] == Approx(keep ? kept : 0.0).margin(1e-7));
+      }
+  CHECK(dropped > 0);
+}
+
+TEST_CASE("dropout: keep rate, reproducibility, seeds and offsets", "[dropout]") {
+  // The keep rate is 1 - p within sampling noise (400k draws: sd ~ 0.0007).
+  for (float p : {0.1f, 0.17f, 0.5f, 0.9f}) {
+    const uint32_t thr = dropout_threshold(p);
+    int64_t kept = 0;
+    const int64_t n = 400000;
+    for (int64_t i = 0; i < n; ++i) kept += dropout_draw(1234, 0, static_cast<uint64_t>(i)) < thr;
+    CHECK(std::fabs(double(kept) / n - (1.0 - p)) < 0.005);
+  }
+  // Same inputs and seed: bit-identical; another seed or offset: a different output.
+  Case c = make(1, 20, 20, 2, 2, 32, DType::f32, 0.2);
+  c.bwd = false;
+  auto out_of = [&](uint64_t seed, uint64_t offset) {
+    Case k = c;
+    k.p.dropout_seed = seed;
+    k.p.dropout_offset = offset;
+    std::mt19937_64 rng(k.seed);
+    const size_t nq = size_t(20) * 2 * 32;
+    auto q = testing::random_tensor(nq, DType::f32, rng, 1.0);
+    Buffer bq(Backend::cpu, DType::f32, nq), bo(Backend::cpu, DType::f32, nq),
+        bl(Backend::cpu, DType::f32, 40);
+    REQUIRE(bq.upload(q).ok());
+    RunOptions opts;
+    opts.dropout_seed = seed;
+    opts.dropout_offset = offset;
+    const auto Q = bq.view({1, 20, 2, 32});
+    REQUIRE(mha_fwd(Q, Q, Q, bo.view({1, 20, 2, 32}), bl.view({1, 2, 20}), std::nullopt, 0.2f,
+                    0.f, false, -1, -1, 0.f, false, opts)
+                .ok());
+    std::vector<double> out;
+    REQUIRE(bo.download(&out).ok());
+    return out;
+  };
+  const auto a = out_of(1, 0), b = out_of(1, 0), s = out_of(2, 0), o = out_of(1, 1);
+  CHECK(a == b);
+  CHECK(a != s);
+  CHECK(a != o);
+}
+
+TEST_CASE("dropout: invalid combinations", "[dropout][errors]") {
+  Buffer bq(Backend::cpu, DType::f16, 4 * 2 * 16), bl(Backend::cpu, DType::f32, 8);
+  REQUIRE(bq.fill(0.1f).ok());
+  const auto Q = bq.view({1, 4, 2, 16});
+  const auto L = bl.view({1, 2, 4});
+  Status s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.1f, 0.f, false, -1, -1, 5.f, false);
+  CHECK(s.code() == StatusCode::invalid_args);
+  CHECK(s.message().find("Softcapping does not support dropout") != std::string::npos);
+  s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 1.f, 0.f, false, -1, -1, 0.f, false);
+  CHECK(s.code() == StatusCode::invalid_args);
+  s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.f, 0.f, false, -1, -1, 0.f, true);
+  CHECK(s.code() == StatusCode::invalid_args);
+  s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.2f, 0.f, false, -1, -1, 0.f, true);
+  CHECK(s.code() == StatusCode::unsupported);  // S_dmask is not produced (philox.h instead)
+  s = mha_bwd(Q, Q, Q, Q, Q, L, Q, Q, Q, std::nullopt, 0.1f, 0.f, false, -1, -1, 3.f, false);
+  CHECK(s.code() == StatusCode::invalid_args);
+}
