@@ -17,6 +17,8 @@ int main_entry(int argc, char** argv) {
       "  flashplus info\n"
       "  flashplus verify --backend cpu\n"
       "  flashplus run --config configs/models/llama7b.json --max-seqlen 1024 --batch 1\n"
+      "  flashplus bench --config configs/models/llama7b.json --max-seqlen 1024 --json b.json\n"
+      "  flashplus autotune --config configs/models/gpt2.json --out configs/tuned/FP.json\n"
       "Run `flashplus <subcommand> --help` for more examples.\n"
       "\n"
       "Exit codes: 0 ok, 1 verify found a failing case, 2 usage or input error (bad flag, missing\n"
@@ -27,6 +29,8 @@ int main_entry(int argc, char** argv) {
   register_run(app, action);
   register_verify(app, action);
   register_info(app, action);
+  register_bench(app, action);
+  register_autotune(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "flashplus/tuning.h"
 #include "common.h"
 #include "paths.h"
 
@@ -34,6 +35,12 @@ void register_info(CLI::App& app, Action& action) {
         if (d.memory_bytes)
           fmt::print("  memory={:.1f} GiB", static_cast<double>(d.memory_bytes) / (1 << 30));
         fmt::print("\n");
+      }
+      // The tuned table each backend's kernels read (docs/TUNING.md), or why none is used.
+      for (Backend b : compiled_backends()) {
+        const std::string fp = backend_fingerprint(b);
+        if (fp.empty()) continue;
+        fmt::print("tuned table [{}] ({}): {}\n", backend_name(b), fp, active_table_source(fp));
       }
       std::string dirs;
       for (const auto& d : config_dirs()) dirs += (dirs.empty() ? "" : ", ") + d;

@@ -84,9 +84,11 @@ int run_configs(const RunArgs& a) {
   std::vector<std::unique_ptr<ModelConfig>> models;
   std::vector<Workload> work;
   for (const auto& path : a.configs) {
-    models.push_back(std::make_unique<ModelConfig>(load_model_config(path)));
-    if (dtype_override) models.back()->dtypes = {*dtype_override};
-    for (const Workload& w : expand_workloads(*models.back(), f)) work.push_back(w);
+    for (ModelConfig& m : load_model_configs(path)) {
+      models.push_back(std::make_unique<ModelConfig>(std::move(m)));
+      if (dtype_override) models.back()->dtypes = {*dtype_override};
+      for (const Workload& w : expand_workloads(*models.back(), f)) work.push_back(w);
+    }
   }
   if (work.empty())
     throw usage_error("no workloads left after --max-seqlen/--batch/--mode filters");

@@ -4,18 +4,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include "json_check.h"
 
 namespace flashplus::cli {
 
-ModelConfig load_model_config(const std::string& path) {
-  JsonChecker c(path);
-  const json j = c.load();
+namespace {
+
+// Keys a variant may set; each replaces the base file's value.
+const std::set<std::string> kVariantKeys = {"name",    "description", "nheads",        "nheads_k",
+                                            "head_dim", "mask",        "softcap",       "alibi",
+                                            "softmax_scale", "dtype", "batch_sizes", "batch_tokens",
+                                            "seqlens", "modes"};
+
+ModelConfig parse_model_config(const JsonChecker& c, const json& j, const std::string& path) {
   c.check_keys(j, "",
                {"schema_version", "name", "description", "source", "workload", "nheads", "nheads_k",
                 "head_dim", "mask", "softcap", "alibi", "softmax_scale", "dtype", "batch_sizes",
-                "seqlens", "modes"});
+                "batch_tokens", "seqlens", "modes"});
   auto need = [&](const char* key) -> const json& {
     if (!j.contains(key)) c.fail(key, "required key is missing");
     return j.at(key);
@@ -77,7 +84,11 @@ ModelConfig load_model_config(const std::string& path) {
     }
     return out;
   };
-  m.batch_sizes = int_list("batch_sizes", 1, 1 << 16);
+  if (j.contains("batch_sizes") == j.contains("batch_tokens"))
+    c.fail("batch_sizes", "exactly one of batch_sizes and batch_tokens is required");
+  if (j.contains("batch_sizes")) m.batch_sizes = int_list("batch_sizes", 1, 1 << 16);
+  if (j.contains("batch_tokens"))
+    m.batch_tokens = c.to_int(j["batch_tokens"], "batch_tokens", 1, 1 << 30);
   m.seqlens = int_list("seqlens", 1, 1 << 24);
   const auto modes = c.to_list(need("modes"), "modes");
   for (size_t i = 0; i < modes.size(); ++i) {
@@ -90,9 +101,55 @@ ModelConfig load_model_config(const std::string& path) {
   return m;
 }
 
+}  // namespace
+
+ModelConfig load_model_config(const std::string& path) {
+  JsonChecker c(path);
+  json j = c.load();
+  if (j.is_object() && j.contains("variants")) {
+    (void)load_model_configs(path);  // the variants must be valid too
+    j.erase("variants");
+  }
+  return parse_model_config(c, j, path);
+}
+
+std::vector<ModelConfig> load_model_configs(const std::string& path) {
+  JsonChecker c(path);
+  json j = c.load();
+  if (!j.is_object() || !j.contains("variants")) return {parse_model_config(c, j, path)};
+  const json variants = j["variants"];
+  j.erase("variants");
+  std::vector<ModelConfig> out;
+  const auto items = c.to_list(variants, "variants");
+  std::set<std::string> names;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::string where = JsonChecker::index("variants", i);
+    c.require_object(items[i], where);
+    c.check_keys(items[i], where, kVariantKeys);
+    if (!items[i].contains("name")) c.fail(where + ".name", "required key is missing");
+    const std::string vname = c.to_string(items[i]["name"], where + ".name");
+    if (vname.empty()) c.fail(where + ".name", "must not be empty");
+    if (!names.insert(vname).second) c.fail(where + ".name", "\"" + vname + "\" is listed twice");
+    json merged = j;
+    for (auto it = items[i].begin(); it != items[i].end(); ++it) {
+      // A variant's batch_sizes/batch_tokens replaces whichever the base has.
+      if (it.key() == "batch_sizes") merged.erase("batch_tokens");
+      if (it.key() == "batch_tokens") merged.erase("batch_sizes");
+      merged[it.key()] = it.value();
+    }
+    merged["name"] = c.to_string(j.value("name", json("")), "name") + "/" + vname;
+    // Errors inside a variant name it: "<file> (variants[1])".
+    const JsonChecker vc(path + " (" + where + ")");
+    out.push_back(parse_model_config(vc, merged, path));
+  }
+  return out;
+}
+
 std::vector<Workload> expand_workloads(const ModelConfig& m, const WorkloadFilter& f) {
   std::vector<Workload> out;
-  const std::vector<int>& batches = f.batch_override.empty() ? m.batch_sizes : f.batch_override;
+  const bool per_seqlen = f.batch_override.empty() && m.batch_tokens > 0;
+  const std::vector<int>& batches =
+      per_seqlen ? std::vector<int>{0} : f.batch_override.empty() ? m.batch_sizes : f.batch_override;
   for (const std::string& mode : m.modes) {
     if (!f.modes.empty() && std::find(f.modes.begin(), f.modes.end(), mode) == f.modes.end())
       continue;
@@ -102,7 +159,7 @@ std::vector<Workload> expand_workloads(const ModelConfig& m, const WorkloadFilte
       for (int b : batches) {
         for (int s : m.seqlens) {
           if (f.max_seqlen > 0 && s > f.max_seqlen) continue;
-          out.push_back({&m, t, b, s, mode});
+          out.push_back({&m, t, per_seqlen ? std::max(1, m.batch_tokens / s) : b, s, mode});
         }
       }
     }

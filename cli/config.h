@@ -26,6 +26,9 @@ struct ModelConfig {
   std::vector<int> batch_sizes;
   std::vector<int> seqlens;        // seqlen_q == seqlen_k
   std::vector<std::string> modes;  // "fwd", "bwd"
+  // Instead of batch_sizes: batch = max(1, batch_tokens / seqlen) for each seqlen (a constant
+  // number of tokens per batch, as FlashAttention's benchmarks use). 0 = use batch_sizes.
+  int batch_tokens = 0;
 };
 
 // One concrete run: a config at one (dtype, batch, seqlen, mode).
@@ -37,7 +40,12 @@ struct Workload {
 };
 
 // Throws cli::Error(kExitUsage, "<file>: key '<key>': <reason>") on any problem.
+// For a file with "variants" (checked too): the base config, i.e. the file's own keys with no
+// variant applied. Tools that run workloads use load_model_configs.
 ModelConfig load_model_config(const std::string& path);
+// Every config of a file: one, or one per entry of its "variants" list (docs/CONFIGS.md), each
+// named "<name>/<variant name>".
+std::vector<ModelConfig> load_model_configs(const std::string& path);
 
 struct WorkloadFilter {
   int max_seqlen = 0;               // 0 = no limit; larger seqlens are skipped

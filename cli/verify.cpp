@@ -196,6 +196,7 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   RunOptions ro;
   ro.backend = be;
   ro.num_threads = o.num_threads;
+  ro.config_override = o.config_override;
 
   // ---- inputs: random, rounded to the storage dtype (the reference sees the rounded values) ---
   auto gen = [&](const char* tag, int64_t n) {

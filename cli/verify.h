@@ -36,6 +36,7 @@ struct VerifyOptions {
   Backend backend = Backend::cpu;  // resolved (never auto_select)
   uint64_t seed = 0;
   int num_threads = 0;
+  const KernelConfig* config_override = nullptr;  // autotune: run the case with this config
 };
 
 CaseResult run_case(const Case& c, const VerifyOptions& opts);
