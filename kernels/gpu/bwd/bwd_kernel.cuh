@@ -1,0 +1,645 @@
+// FlashAttention-2-style backward on tensor cores (mma.sync m16n8k16, fp32 accumulation).
+//
+// Three launches (run_bwd_tc):
+//   1. bwd_preprocess: Dsum_i = rowsum(dO_i * O_i) (also into p.softmax_d when given) and zero
+//      the fp32 dQ accumulator.
+//   2. bwd_tc_kernel: one block per (key block of BN rows, kv head, batch); warp w owns keys
+//      [16w, 16w+16) of the block, so dK and dV stay in its registers for the whole block. The
+//      block walks the query blocks that can see its keys, for every query head of its kv head
+//      (GQA: dK/dV summed over the group in registers, no workspace). Per query block:
+//        S^T = K Q^T, dP^T = V dO^T            (A = K/V rows, B = Q/dO rows)
+//        P^T = exp(S^T - lse), dS^T = P^T (dP^T - Dsum)   (softcap derivative when on)
+//        dV += P^T dO, dK += dS^T Q             (P^T, dS^T repacked from C to A fragments)
+//        dS^T -> shared memory; dQ += dS K      (all warps; fp32 atomics into the accumulator)
+//      Q/dO/lse/Dsum of the next query block load (cp.async, double buffer) during the iteration.
+//   3. bwd_convert_dq: accumulator (pre-scaled) -> dtype, any dq strides.
+// Deterministic mode (p.deterministic): the main kernel skips dQ and bwd_dq_kernel computes it
+// per query block (recomputing P and dS), so every dQ element has one writer: bit-identical runs.
+#pragma once
+#include "platform/gpu_runtime.h"
+#if FLASHPLUS_VENDOR_HIP
+#error "bwd_kernel.cuh is the NVIDIA (mma.sync) path; HIP builds use the no_instance stubs"
+#endif
+#include <cmath>
+#include <cstdint>
+
+#include "flashplus/params.h"
+#include "flashplus/status.h"
+#include "gpu/fwd/fwd_kernel.cuh"  // load_tile_async
+#include "gpu/gpu_kernels.h"
+#include "platform/gpu_runtime.h"
+#include "platform/types.h"
+#include "primitives/attn_score.h"
+#include "primitives/tile_mma.h"
+
+namespace flashplus::gpu::tc {
+
+// Compiled backward tiles per head-dim bucket: X(D, BN keys, BM queries, NW warps = BN/16).
+// First entry = default.
+#define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 64, 8) X(64, 64, 64, 4)
+#define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 64, 64, 4)
+#define FLASHPLUS_BWD_TILES_D256(X)
+
+template <int D, int BN, int BM, int NW>
+struct BwdTraits {
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kQT = BM / 8;   // n8 tiles of S^T (queries) per warp
+  static constexpr int kDT = D / 8;    // n8 tiles of dK/dV per warp
+  static constexpr int kWarpsM = BM / 16;            // dQ = dS K: warps along queries
+  static constexpr int kWarpsN = NW / kWarpsM;       //            warps along head dim
+  static constexpr int kDQT = D / kWarpsN / 8;       //            n8 tiles per warp
+  using TileKV = prim::SwizzledTile<BN, D>;
+  using TileQ = prim::SwizzledTile<BM, D>;
+  using TileDS = prim::SwizzledTile<BN, BM>;  // dS^T: row = key, col = query
+  static constexpr int kSmemBytes =
+      2 * TileKV::kBytes + 4 * TileQ::kBytes + TileDS::kBytes + 4 * BM * 4;
+  static constexpr int kAccRegs = 2 * kDT * 4 + 2 * kQT * 4;  // dK, dV, S^T, dP^T
+  static_assert(NW * 16 == BN, "one warp per 16 keys");
+  static_assert(BM % 16 == 0 && NW % kWarpsM == 0 && (D / kWarpsN) % 16 == 0, "dQ warp tiling");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the per-block limit");
+  static_assert(kAccRegs <= 200, "accumulators leave too few of the 255 registers");
+};
+
+// ---- 1. Dsum = rowsum(dO * O); zero the dQ accumulator -----------------------------------------
+template <typename T, int D>
+__global__ void bwd_preprocess(const AttnParams p, float* dsum, float* dq_accum) {
+  constexpr int kRowsPerBlock = 4;  // one warp per row
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int i = blockIdx.x * kRowsPerBlock + warp, h = blockIdx.y, b = blockIdx.z;
+  if (i >= p.seqlen_q) return;
+  const int64_t row = (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
+  if (dq_accum) {
+    float* acc = dq_accum + row * D;
+    for (int x = lane * 4; x < D; x += 128)
+      *reinterpret_cast<float4*>(acc + x) = make_float4(0, 0, 0, 0);
+  }
+  const T* o = static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+               static_cast<int64_t>(i) * p.out_stride.row;
+  const T* dout = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                  h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row;
+  float s = 0.f;
+  for (int x = lane * 8; x < p.head_dim; x += 256) {
+    const uint4 ov = *reinterpret_cast<const uint4*>(o + x);
+    const uint4 dv = *reinterpret_cast<const uint4*>(dout + x);
+    const T* oe = reinterpret_cast<const T*>(&ov);
+    const T* de = reinterpret_cast<const T*>(&dv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) s += prim::Elem<T>::to_float(oe[e]) * prim::Elem<T>::to_float(de[e]);
+  }
+  s = prim::warp_sum(s);
+  if (lane == 0) {
+    dsum[row] = s;
+    if (p.softmax_d && p.softmax_d != dsum) p.softmax_d[row] = s;
+  }
+}
+
+// ---- 3. dQ accumulator -> dtype --------------------------------------------------------------
+template <typename T, int D>
+__global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // 8-elem chunk
+  const int dchunks = p.head_dim / 8;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+  if (c >= rows * dchunks) return;
+  const int64_t row = c / dchunks;
+  const int ch = static_cast<int>(c % dchunks);
+  const int i = static_cast<int>(row % p.seqlen_q);
+  const int h = static_cast<int>((row / p.seqlen_q) % p.nheads);
+  const int b = static_cast<int>(row / (static_cast<int64_t>(p.seqlen_q) * p.nheads));
+  const float* a = dq_accum + row * D + ch * 8;
+  const float4 x0 = *reinterpret_cast<const float4*>(a), x1 = *reinterpret_cast<const float4*>(a + 4);
+  uint4 out;
+  out.x = prim::Elem<T>::pack(x0.x, x0.y);
+  out.y = prim::Elem<T>::pack(x0.z, x0.w);
+  out.z = prim::Elem<T>::pack(x1.x, x1.y);
+  out.w = prim::Elem<T>::pack(x1.z, x1.w);
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head +
+          static_cast<int64_t>(i) * p.dq_stride.row + ch * 8;
+  *reinterpret_cast<uint4*>(dq) = out;
+}
+
+// ---- 2. main kernel ------------------------------------------------------------------------------
+template <typename T, int D, int BN, int BM, int NW>
+__global__ void __launch_bounds__(NW * 32)
+    bwd_tc_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
+  // dq_accum == nullptr: deterministic mode, dQ is left to bwd_dq_kernel.
+#if FLASHPLUS_HAS_MMA_SYNC
+  using Tr = BwdTraits<D, BN, BM, NW>;
+  using TileKV = typename Tr::TileKV;
+  using TileQ = typename Tr::TileQ;
+  using TileDS = typename Tr::TileDS;
+  constexpr int kQT = Tr::kQT, kDT = Tr::kDT, kThreads = Tr::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + TileKV::kElems;
+  T* sQ = sV + TileKV::kElems;     // [2][BM][D]
+  T* sdO = sQ + 2 * TileQ::kElems;  // [2][BM][D]
+  T* sdS = sdO + 2 * TileQ::kElems;
+  float* sLse = reinterpret_cast<float*>(sdS + TileDS::kElems);  // [2][BM], lse * log2(e)
+  float* sDs = sLse + 2 * BM;                                    // [2][BM]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int G = p.group();
+  const int n0 = n_block * BN;
+  const int rows_k = min(BN, p.seqlen_k - n0);
+  const int dchunks = p.head_dim / 8;
+
+  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
+              static_cast<int64_t>(n0) * p.dk_stride.row;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
+              static_cast<int64_t>(n0) * p.dv_stride.row;
+
+  // Query rows that see any key of this block (API.md §2.3, solved for i).
+  int i_min = 0, i_max = p.seqlen_q - 1;
+  if (p.has_window()) {
+    const int off = p.seqlen_k - p.seqlen_q;
+    i_min = max(i_min, n0 - off - p.window_right);
+    i_max = min(i_max, n0 + rows_k - 1 - off + p.window_left);
+  }
+  if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
+    for (int c = tid; c < rows_k * dchunks; c += kThreads) {
+      const int r = c / dchunks, ch = c % dchunks;
+      *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+    }
+    return;
+  }
+  const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
+  const int n_iters = G * m_count;  // (query head, query block) pairs, flattened
+
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
+                static_cast<int64_t>(n0) * p.k_stride.row;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
+                static_cast<int64_t>(n0) * p.v_stride.row;
+  load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
+  load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
+
+  // Loads of iteration `it` into buffer `buf`: Q, dO (async), lse, Dsum (plain).
+  auto load_q_block = [&](int it, int buf) {
+    const int hq = hk * G + it / m_count;
+    const int m0 = (m_first + it % m_count) * BM;
+    const int rows_q = min(BM, p.seqlen_q - m0);
+    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
+                  static_cast<int64_t>(m0) * p.q_stride.row;
+    const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                   hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
+                                            dchunks, qg, tid);
+    load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
+                                            rows_q, dchunks, dog, tid);
+    const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
+    for (int r = tid; r < BM; r += kThreads) {
+      // Rows past seqlen_q: lse = +inf makes P = 0 there, so they contribute nothing.
+      sLse[buf * BM + r] = r < rows_q ? p.softmax_lse[row0 + r] * prim::kLog2e : INFINITY;
+      sDs[buf * BM + r] = r < rows_q ? dsum[row0 + r] : 0.f;
+    }
+  };
+  load_q_block(0, 0);
+  prim::cp_async_commit();
+
+  float acc_dk[kDT][4], acc_dv[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
+
+  const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
+  const float scale_log2 = p.softmax_scale * prim::kLog2e;
+  const uint32_t sK_base = prim::smem_u32(sK), sV_base = prim::smem_u32(sV),
+                 sdS_base = prim::smem_u32(sdS);
+  // ldmatrix lane offsets (bytes) at k-step 0; later k-steps XOR in kk * 32 (see fwd kernel).
+  const uint32_t a_off = 2 * TileKV::offset(warp * 16 + lsel1 * 8 + lrow, lsel2 * 8);  // K, V as A
+  const uint32_t b_off = 2 * TileQ::offset(lsel2 * 8 + lrow, lsel1 * 8);        // Q, dO as B
+  const uint32_t bt_off = 2 * TileQ::offset(lsel1 * 8 + lrow, lsel2 * 8);       // Q, dO as B^T
+  constexpr int kWarpsM = Tr::kWarpsM, kDQT = Tr::kDQT;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const uint32_t ds_off = 2 * TileDS::offset(lsel2 * 8 + lrow, wm * 16 + lsel1 * 8);  // dS as A^T
+  const uint32_t kt_off = 2 * TileKV::offset(lsel1 * 8 + lrow, wn * (D / Tr::kWarpsN) + lsel2 * 8);
+
+  const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int buf = it & 1;
+    const int hq = hk * G + it / m_count;
+    const int m0 = (m_first + it % m_count) * BM;
+    prim::cp_async_wait<0>();
+    __syncthreads();
+    // Prefetch the next (head, query block) into the other buffer now, so that the load overlaps
+    // this whole iteration: its last readers (the GEMMs of iteration it-1) are behind the barrier.
+    if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
+    prim::cp_async_commit();
+    const uint32_t sQ_base = prim::smem_u32(sQ + buf * TileQ::kElems);
+    const uint32_t sdO_base = prim::smem_u32(sdO + buf * TileQ::kElems);
+
+    // ---- S^T = K Q^T and dP^T = V dO^T (16 keys x BM queries per warp) ----
+    float s[kQT][4], dp[kQT][4];
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ak[4], av[4];
+      prim::ldmatrix_x4(ak, sK_base + (a_off ^ (kk * 32)));
+      prim::ldmatrix_x4(av, sV_base + (a_off ^ (kk * 32)));
+#pragma unroll
+      for (int np = 0; np < kQT / 2; ++np) {
+        uint32_t bq[4], bd[4];
+        prim::ldmatrix_x4(bq, sQ_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
+        prim::ldmatrix_x4(bd, sdO_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
+        prim::mma_16816<T>(s[2 * np], ak, bq[0], bq[1]);
+        prim::mma_16816<T>(s[2 * np + 1], ak, bq[2], bq[3]);
+        prim::mma_16816<T>(dp[2 * np], av, bd[0], bd[1]);
+        prim::mma_16816<T>(dp[2 * np + 1], av, bd[2], bd[3]);
+      }
+    }
+
+    // ---- P^T and dS^T, elementwise ----
+    const int q_last = min(m0 + BM, p.seqlen_q) - 1;
+    bool full_tile = n0 + BN <= p.seqlen_k;
+    if (p.has_window()) {
+      int lo_a, hi_a, lo_b, hi_b;
+      p.key_range(m0, &lo_a, &hi_a);
+      p.key_range(q_last, &lo_b, &hi_b);
+      full_tile = full_tile && lo_b <= n0 && hi_a >= n0 + BN;
+    }
+    const float slope = prim::alibi_slope(p, b, hq);
+    const float* lse_s = sLse + buf * BM;
+    const float* ds_s = sDs + buf * BM;
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int ql = nt * 8 + 2 * t + c;
+        const float lse2 = lse_s[ql], dsum_i = ds_s[ql];
+        const int i = m0 + ql;
+        int lo = 0, hi = p.seqlen_k;
+        if (!full_tile) p.key_range(i, &lo, &hi);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int j = key_r0 + 8 * r;
+          float pv, dsv;
+          if (plain) {
+            pv = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2));
+            dsv = pv * (dp[nt][2 * r + c] - dsum_i);
+          } else {
+            float th;
+            const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+            pv = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2));
+            dsv = pv * (dp[nt][2 * r + c] - dsum_i);
+            if (p.softcap > 0.f) dsv *= 1.f - th * th;
+          }
+          if (!full_tile && (j < lo || j >= hi)) pv = dsv = 0.f;
+          s[nt][2 * r + c] = pv;
+          dp[nt][2 * r + c] = dsv;
+        }
+      }
+
+    // ---- dV += P^T dO, dK += dS^T Q ----
+#pragma unroll
+    for (int kq = 0; kq < BM / 16; ++kq) {
+      uint32_t ap[4], ads[4];
+      prim::c_to_a<T>(ap, s[2 * kq], s[2 * kq + 1]);
+      prim::c_to_a<T>(ads, dp[2 * kq], dp[2 * kq + 1]);
+#pragma unroll
+      for (int dq2 = 0; dq2 < D / 16; ++dq2) {
+        uint32_t bo[4], bq[4];
+        prim::ldmatrix_x4_trans(bo, sdO_base + kq * 16 * D * 2 + (bt_off ^ (dq2 * 32)));
+        prim::ldmatrix_x4_trans(bq, sQ_base + kq * 16 * D * 2 + (bt_off ^ (dq2 * 32)));
+        prim::mma_16816<T>(acc_dv[2 * dq2], ap, bo[0], bo[1]);
+        prim::mma_16816<T>(acc_dv[2 * dq2 + 1], ap, bo[2], bo[3]);
+        prim::mma_16816<T>(acc_dk[2 * dq2], ads, bq[0], bq[1]);
+        prim::mma_16816<T>(acc_dk[2 * dq2 + 1], ads, bq[2], bq[3]);
+      }
+    }
+
+    if (dq_accum == nullptr) continue;  // deterministic mode: bwd_dq_kernel computes dQ
+    // ---- dS^T -> shared memory (16-bit, as the MMA consumes it) ----
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        *reinterpret_cast<uint32_t*>(sdS + TileDS::offset(warp * 16 + g + 8 * r, nt * 8 + 2 * t)) =
+            prim::Elem<T>::pack(dp[nt][2 * r], dp[nt][2 * r + 1]);
+    __syncthreads();
+
+    // ---- dQ += dS K, straight into the fp32 accumulator ----
+    float acc_dq[kDQT][4];
+#pragma unroll
+    for (int dt = 0; dt < kDQT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_dq[dt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4];
+      prim::ldmatrix_x4_trans(a, sdS_base + kk * 16 * BM * 2 + ds_off);
+#pragma unroll
+      for (int dp2 = 0; dp2 < kDQT / 2; ++dp2) {
+        uint32_t bk[4];
+        prim::ldmatrix_x4_trans(bk, sK_base + kk * 16 * D * 2 + (kt_off ^ (dp2 * 32)));
+        prim::mma_16816<T>(acc_dq[2 * dp2], a, bk[0], bk[1]);
+        prim::mma_16816<T>(acc_dq[2 * dp2 + 1], a, bk[2], bk[3]);
+      }
+    }
+    float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q) * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = m0 + wm * 16 + g + 8 * r;
+      if (i < p.seqlen_q) {
+#pragma unroll
+        for (int dt = 0; dt < kDQT; ++dt) {
+          const int col = wn * (D / Tr::kWarpsN) + dt * 8 + 2 * t;
+          if (col < p.head_dim) {
+            atomicAdd(dqa + static_cast<int64_t>(i) * D + col, acc_dq[dt][2 * r] * p.softmax_scale);
+            atomicAdd(dqa + static_cast<int64_t>(i) * D + col + 1,
+                      acc_dq[dt][2 * r + 1] * p.softmax_scale);
+          }
+        }
+      }
+    }
+  }
+  prim::cp_async_wait<0>();
+  __syncthreads();  // all warps are done with sK/sV: reuse them to stage dK/dV
+
+  // ---- epilogue: dK (scaled), dV -> shared -> 16-byte stores ----
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int kr = warp * 16 + g + 8 * r;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      *reinterpret_cast<uint32_t*>(sK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
+          acc_dk[dt][2 * r] * p.softmax_scale, acc_dk[dt][2 * r + 1] * p.softmax_scale);
+      *reinterpret_cast<uint32_t*>(sV + TileKV::offset(kr, dt * 8 + 2 * t)) =
+          prim::Elem<T>::pack(acc_dv[dt][2 * r], acc_dv[dt][2 * r + 1]);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int itc = 0; itc < BN * (D / 8) / kThreads; ++itc) {
+    const int c = itc * kThreads + tid;
+    const int r = c / (D / 8), ch = c % (D / 8);
+    if (r < rows_k && ch < dchunks) {
+      *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sK + TileKV::offset(r, ch * 8));
+      *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sV + TileKV::offset(r, ch * 8));
+    }
+  }
+#endif  // FLASHPLUS_HAS_MMA_SYNC
+}
+
+// ---- deterministic dQ: one block per (query block, head, batch), recomputing P and dS -----------
+// Each warp owns 16 query rows; the block walks its visible key tiles (as the forward does) and
+// accumulates dQ = dS K in registers, so no two blocks ever write the same dQ element.
+template <int D> struct DqTile { static constexpr int BM = 64, BN = 64, NW = 4; };
+
+template <typename T, int D>
+__global__ void __launch_bounds__(DqTile<D>::NW * 32)
+    bwd_dq_kernel(const AttnParams p, const float* __restrict__ dsum) {
+#if FLASHPLUS_HAS_MMA_SYNC
+  constexpr int BM = DqTile<D>::BM, BN = DqTile<D>::BN, NW = DqTile<D>::NW, kThreads = NW * 32;
+  static_assert(BM == 16 * NW, "one warp per 16 query rows");
+  using TileQ = prim::SwizzledTile<BM, D>;
+  using TileKV = prim::SwizzledTile<BN, D>;
+  constexpr int kNT = BN / 8, kDT = D / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sdO = sQ + TileQ::kElems;
+  T* sK = sdO + TileQ::kElems;
+  T* sV = sK + TileKV::kElems;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
+  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
+  const int m0 = m_block * BM;
+  const int rows_q = min(BM, p.seqlen_q - m0);
+  const int dchunks = p.head_dim / 8;
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head +
+          static_cast<int64_t>(m0) * p.dq_stride.row;
+  int lo_first, hi_first, lo_last, hi_last;
+  p.key_range(m0, &lo_first, &hi_first);
+  p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  const int n_lo = lo_first, n_hi = hi_last;
+  if (n_lo >= n_hi) {
+    for (int c = tid; c < rows_q * dchunks; c += kThreads) {
+      const int r = c / dchunks, ch = c % dchunks;
+      *reinterpret_cast<uint4*>(dq + r * p.dq_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+    }
+    return;
+  }
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
+                static_cast<int64_t>(m0) * p.q_stride.row;
+  const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
+                 static_cast<int64_t>(m0) * p.dout_stride.row;
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  load_tile_async<TileQ, BM, D, kThreads>(sQ, qg, p.q_stride.row, rows_q, dchunks, qg, tid);
+  load_tile_async<TileQ, BM, D, kThreads>(sdO, dog, p.dout_stride.row, rows_q, dchunks, dog, tid);
+  prim::cp_async_commit();
+
+  // This thread's two rows: lse (log2 units) and Dsum.
+  float lse2[2], dsr[2];
+  const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int rl = warp * 16 + g + 8 * r;
+    lse2[r] = rl < rows_q ? p.softmax_lse[row0 + rl] * prim::kLog2e : INFINITY;
+    dsr[r] = rl < rows_q ? dsum[row0 + rl] : 0.f;
+  }
+  const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
+  const float scale_log2 = p.softmax_scale * prim::kLog2e;
+  const float slope = prim::alibi_slope(p, b, h);
+  const uint32_t sQ_base = prim::smem_u32(sQ), sdO_base = prim::smem_u32(sdO),
+                 sK_base = prim::smem_u32(sK), sV_base = prim::smem_u32(sV);
+  const uint32_t a_off = 2 * TileQ::offset(warp * 16 + lsel1 * 8 + lrow, lsel2 * 8);
+  const uint32_t b_off = 2 * TileKV::offset(lsel2 * 8 + lrow, lsel1 * 8);
+  const uint32_t bt_off = 2 * TileKV::offset(lsel1 * 8 + lrow, lsel2 * 8);
+
+  float acc[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+
+  for (int nb = n_lo / BN; nb <= (n_hi - 1) / BN; ++nb) {
+    const int n0 = nb * BN;
+    __syncthreads();  // previous tile fully consumed
+    load_tile_async<TileKV, BN, D, kThreads>(sK, kg + static_cast<int64_t>(n0) * p.k_stride.row,
+                                             p.k_stride.row, p.seqlen_k - n0, dchunks, kg, tid);
+    load_tile_async<TileKV, BN, D, kThreads>(sV, vg + static_cast<int64_t>(n0) * p.v_stride.row,
+                                             p.v_stride.row, p.seqlen_k - n0, dchunks, vg, tid);
+    prim::cp_async_commit();
+    prim::cp_async_wait<0>();
+    __syncthreads();
+    float s[kNT][4], dp[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t aq[4], ado[4];
+      prim::ldmatrix_x4(aq, sQ_base + (a_off ^ (kk * 32)));
+      prim::ldmatrix_x4(ado, sdO_base + (a_off ^ (kk * 32)));
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t bk[4], bv[4];
+        prim::ldmatrix_x4(bk, sK_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
+        prim::ldmatrix_x4(bv, sV_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
+        prim::mma_16816<T>(s[2 * np], aq, bk[0], bk[1]);
+        prim::mma_16816<T>(s[2 * np + 1], aq, bk[2], bk[3]);
+        prim::mma_16816<T>(dp[2 * np], ado, bv[0], bv[1]);
+        prim::mma_16816<T>(dp[2 * np + 1], ado, bv[2], bv[3]);
+      }
+    }
+    const bool full_tile = n0 + BN <= p.seqlen_k && n0 >= lo_last && n0 + BN <= hi_first;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = m0 + warp * 16 + g + 8 * r;
+      int lo = 0, hi = p.seqlen_k;
+      if (!full_tile) p.key_range(i, &lo, &hi);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int j = n0 + nt * 8 + 2 * t + c;
+          float pv, dsv;
+          if (plain) {
+            pv = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[r]));
+            dsv = pv * (dp[nt][2 * r + c] - dsr[r]);
+          } else {
+            float th;
+            const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+            pv = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[r]));
+            dsv = pv * (dp[nt][2 * r + c] - dsr[r]);
+            if (p.softcap > 0.f) dsv *= 1.f - th * th;
+          }
+          if (!full_tile && (j < lo || j >= hi)) dsv = 0.f;
+          dp[nt][2 * r + c] = dsv;
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4];
+      prim::c_to_a<T>(a, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int dp2 = 0; dp2 < D / 16; ++dp2) {
+        uint32_t bk[4];
+        prim::ldmatrix_x4_trans(bk, sK_base + kk * 16 * D * 2 + (bt_off ^ (dp2 * 32)));
+        prim::mma_16816<T>(acc[2 * dp2], a, bk[0], bk[1]);
+        prim::mma_16816<T>(acc[2 * dp2 + 1], a, bk[2], bk[3]);
+      }
+    }
+  }
+  // Epilogue: scale, stage through sQ (free now), 16-byte stores.
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+      *reinterpret_cast<uint32_t*>(sQ + TileQ::offset(warp * 16 + g + 8 * r, dt * 8 + 2 * t)) =
+          prim::Elem<T>::pack(acc[dt][2 * r] * p.softmax_scale, acc[dt][2 * r + 1] * p.softmax_scale);
+  __syncthreads();
+  for (int c = tid; c < BM * (D / 8); c += kThreads) {
+    const int r = c / (D / 8), ch = c % (D / 8);
+    if (r < rows_q && ch < dchunks)
+      *reinterpret_cast<uint4*>(dq + r * p.dq_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sQ + TileQ::offset(r, ch * 8));
+  }
+#endif  // FLASHPLUS_HAS_MMA_SYNC
+}
+
+// Largest dynamic shared memory a block may opt into on the current device.
+inline int max_smem_optin() {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return 0;
+  return v;
+}
+
+template <typename T, int D, int BN, int BM, int NW>
+Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
+  using Tr = BwdTraits<D, BN, BM, NW>;
+  using DT = DqTile<D>;
+  constexpr int kDqSmem = 2 * (DT::BM + DT::BN) * D * 2;
+  const bool det = p.deterministic;
+  if (Tr::kSmemBytes > max_smem_optin() || (det && kDqSmem > max_smem_optin()))
+    return Status::NoInstance("bwd_tc: tile needs more shared memory than this device has");
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+  // Workspace: fp32 dQ accumulator (rows x D; not in deterministic mode) and Dsum (rows) unless
+  // p.softmax_d holds it. Stream-ordered, so no device-wide synchronisation.
+  float* ws = nullptr;
+  const size_t ws_bytes = ((det ? 0 : rows * D) + (p.softmax_d ? 0 : rows)) * sizeof(float);
+  FLASHPLUS_GPU_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), ws_bytes, stream));
+  float* dq_accum = det ? nullptr : ws;
+  float* dsum = p.softmax_d ? p.softmax_d : ws + (det ? 0 : rows * D);
+  auto fail = [&](cudaError_t e, const char* what) {
+    (void)cudaFreeAsync(ws, stream);
+    return platform::gpu_status(e, what);
+  };
+  {
+    const dim3 grid((p.seqlen_q + 3) / 4, p.nheads, p.batch);
+    bwd_preprocess<T, D><<<grid, 128, 0, stream>>>(p, dsum, dq_accum);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return fail(e, "launch of bwd_preprocess");
+  }
+  {
+    auto kernel = bwd_tc_kernel<T, D, BN, BM, NW>;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Tr::kSmemBytes);
+    if (e == cudaSuccess) {
+      const dim3 grid((p.seqlen_k + BN - 1) / BN, p.nheads_k, p.batch);
+      kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, dsum, dq_accum);
+      e = cudaGetLastError();
+    }
+    if (e != cudaSuccess) return fail(e, "launch of bwd_tc_kernel");
+  }
+  if (det) {
+    auto kernel = bwd_dq_kernel<T, D>;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kDqSmem);
+    if (e == cudaSuccess) {
+      const dim3 grid((p.seqlen_q + DT::BM - 1) / DT::BM, p.nheads, p.batch);
+      kernel<<<grid, DT::NW * 32, kDqSmem, stream>>>(p, dsum);
+      e = cudaGetLastError();
+    }
+    if (e != cudaSuccess) return fail(e, "launch of bwd_dq_kernel");
+  } else {
+    const int64_t chunks = rows * (p.head_dim / 8);
+    bwd_convert_dq<T, D><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, stream>>>(p, dq_accum);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return fail(e, "launch of bwd_convert_dq");
+  }
+  FLASHPLUS_GPU_CHECK(cudaFreeAsync(ws, stream));
+  return Status::Ok();
+}
+
+template <typename T, int D>
+Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream) {
+  if (cfg.num_splits > 1 || cfg.stages > 2)
+    return Status::NoInstance("bwd_tc: no such pipeline compiled");
+  if (p.batch == 0 || p.nheads == 0 || p.seqlen_k == 0 || p.seqlen_q == 0)
+    return Status::NoInstance("bwd_tc: empty problem (left to the fallback)");
+  bool first = true;
+  // KernelConfig for the backward: block_n = keys per block, block_m = queries per step.
+#define FLASHPLUS_BWD_TRY(DD, BN, BM, NW)                                                 \
+  if constexpr (DD == D) {                                                                \
+    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
+    if ((is_default && first) ||                                                          \
+        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+      return launch_bwd_tile<T, DD, BN, BM, NW>(p, stream);                               \
+    first = false;                                                                        \
+  }
+  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TRY) }
+  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TRY) }
+  if constexpr (D == 256) { FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TRY) }
+#undef FLASHPLUS_BWD_TRY
+  (void)first;
+  (void)p;
+  (void)stream;
+  return Status::NoInstance("bwd_tc: no compiled tile m" + std::to_string(cfg.block_m) + "n" +
+                            std::to_string(cfg.block_n) + "w" + std::to_string(cfg.num_warps) +
+                            " for head-dim bucket " + std::to_string(D));
+}
+
+}  // namespace flashplus::gpu::tc

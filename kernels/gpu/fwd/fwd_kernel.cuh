@@ -1,0 +1,361 @@
+// FlashAttention-2-style forward on tensor cores (mma.sync m16n8k16, fp32 accumulation).
+//
+// One thread block = BM query rows of one (batch, head); NW warps, each owning kMT = BM/(16*NW)
+// m16 row tiles. The block walks the key tiles [n_first, n_last] that its rows can see; Q stays
+// in shared memory, K and V have one buffer each and are pipelined as in FA2: V(n) loads while
+// S = Q K(n)^T runs, K(n+1) loads while the softmax and O += P V(n) run. P never leaves
+// registers (C fragments repacked as A fragments). Tiles strictly inside every row's visible
+// range skip the element mask; tiles outside all rows' ranges are never visited.
+#pragma once
+#include "platform/gpu_runtime.h"
+#if FLASHPLUS_VENDOR_HIP
+#error "fwd_kernel.cuh is the NVIDIA (mma.sync) path; HIP builds use the no_instance stubs"
+#endif
+#include <cmath>
+#include <cstdint>
+
+#include "flashplus/params.h"
+#include "flashplus/status.h"
+#include "gpu/gpu_kernels.h"
+#include "platform/gpu_runtime.h"
+#include "platform/types.h"
+#include "primitives/attn_score.h"
+#include "primitives/tile_mma.h"
+
+namespace flashplus::gpu::tc {
+
+// Compiled forward tiles per head-dim bucket: X(D, BM, BN, NW). The first entry of each bucket
+// is its default. Host dispatch and instantiation both read these lists (one source).
+#define FLASHPLUS_FWD_TILES_D64(X) \
+  X(64, 128, 64, 4) X(64, 128, 128, 8) X(64, 64, 128, 4)
+#define FLASHPLUS_FWD_TILES_D128(X) \
+  X(128, 128, 64, 4) X(128, 128, 64, 8) X(128, 128, 32, 4) X(128, 64, 64, 4)
+#define FLASHPLUS_FWD_TILES_D256(X) X(256, 64, 32, 4) X(256, 64, 64, 4) X(256, 128, 64, 8)
+
+template <int D, int BM, int BN, int NW>
+struct FwdTraits {
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kMT = BM / (16 * NW);  // m16 row tiles per warp
+  static constexpr int kNT = BN / 8;          // n8 tiles of S = Q K^T per row tile
+  static constexpr int kDT = D / 8;           // n8 tiles of O per row tile
+  using TileQ = prim::SwizzledTile<BM, D>;
+  using TileKV = prim::SwizzledTile<BN, D>;
+  static constexpr int kSmemBytes = TileQ::kBytes + 2 * TileKV::kBytes;
+  // fp32 accumulators each thread holds: O (kMT*kDT*4) + S (kMT*kNT*4).
+  static constexpr int kAccRegs = kMT * kDT * 4 + kMT * kNT * 4;
+  static_assert(BM % (16 * NW) == 0 && kMT >= 1, "BM must be a multiple of 16 * warps");
+  static_assert(BN % 16 == 0 && D % 16 == 0, "BN and D must be multiples of 16");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_80/sm_90 per-block limit");
+  static_assert(kAccRegs <= 192, "accumulators leave too few of the 255 registers");
+};
+
+// Cooperative async copy of a ROWS x D tile (rows beyond rows_valid and head-dim chunks beyond
+// dchunks are zero-filled) into a swizzled shared-memory tile.
+template <typename Tile, int ROWS, int D, int THREADS, typename T>
+__device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride,
+                                                int rows_valid, int dchunks, const T* safe,
+                                                int tid) {
+  constexpr int kChunksPerRow = D / 8;
+  static_assert(THREADS % kChunksPerRow == 0 || kChunksPerRow % THREADS == 0, "copy shape");
+  constexpr int kRowsPerIt = THREADS / kChunksPerRow;  // rows one pass of the block covers
+  static_assert(kRowsPerIt >= 1 && ROWS % kRowsPerIt == 0, "tile rows must split evenly");
+  const int r0 = tid / kChunksPerRow, ch = tid % kChunksPerRow;
+  const bool ch_ok = ch < dchunks;
+  const T* src = gmem + r0 * row_stride + ch * 8;
+  const int64_t step = kRowsPerIt * row_stride;
+  const uint32_t base = prim::smem_u32(smem);
+#pragma unroll
+  for (int it = 0; it < ROWS / kRowsPerIt; ++it) {
+    const int r = r0 + it * kRowsPerIt;
+    const bool pred = ch_ok && r < rows_valid;
+    prim::cp_async_16(base + 2 * Tile::offset(r, ch * 8), pred ? src : safe, pred);
+    src += step;
+  }
+}
+
+template <typename T, int D, int BM, int BN, int NW>
+__global__ void __launch_bounds__(NW * 32)
+    fwd_tc_kernel(const AttnParams p) {
+#if FLASHPLUS_HAS_MMA_SYNC
+  using Tr = FwdTraits<D, BM, BN, NW>;
+  using TileQ = typename Tr::TileQ;
+  using TileKV = typename Tr::TileKV;
+  constexpr int kMT = Tr::kMT, kNT = Tr::kNT, kDT = Tr::kDT, kThreads = Tr::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + TileQ::kElems;
+  T* sV = sK + TileKV::kElems;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // Masked problems have more work in later row blocks: start those first.
+  const int m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
+  const int m0 = m_block * BM;
+  const int rows_q = min(BM, p.seqlen_q - m0);
+  const int dchunks = p.head_dim / 8;
+
+  T* out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+           static_cast<int64_t>(m0) * p.out_stride.row;
+  float* lse_out = p.softmax_lse ? p.softmax_lse + (static_cast<int64_t>(b) * p.nheads + h) *
+                                                       p.seqlen_q + m0
+                                 : nullptr;
+
+  // Key range seen by the block: key_range's bounds are non-decreasing in the row.
+  int lo_first, hi_first, lo_last, hi_last;
+  p.key_range(m0, &lo_first, &hi_first);
+  p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  const int n_lo = lo_first, n_hi = hi_last;
+
+  if (n_lo >= n_hi) {  // no row of this block sees a key: out = 0, lse = +inf
+    for (int c = tid; c < rows_q * dchunks; c += kThreads) {
+      const int r = c / dchunks, ch = c % dchunks;
+      *reinterpret_cast<uint4*>(out + r * p.out_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+    }
+    if (lse_out)
+      for (int r = tid; r < rows_q; r += kThreads) lse_out[r] = INFINITY;
+    return;
+  }
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
+               static_cast<int64_t>(m0) * p.q_stride.row;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+
+  const int n_first = n_lo / BN, n_last = (n_hi - 1) / BN;
+
+  const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
+  // Scores are kept in units u with z * log2(e) = u * mul: raw accumulators on the plain path
+  // (one FFMA per exponential), logits z on the general path.
+  const float mul = plain ? p.softmax_scale * prim::kLog2e : prim::kLog2e;
+  const float slope = prim::alibi_slope(p, b, h);
+
+  float acc_o[kMT][kDT][4];
+  float row_max[kMT][2], row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_max[mt][r] = -INFINITY;
+      row_sum[mt][r] = 0.f;
+    }
+  }
+
+  load_tile_async<TileQ, BM, D, kThreads>(sQ, q, p.q_stride.row, rows_q, dchunks, q, tid);
+  load_tile_async<TileKV, BN, D, kThreads>(sK, k + static_cast<int64_t>(n_first) * BN * p.k_stride.row,
+                                           p.k_stride.row, p.seqlen_k - n_first * BN, dchunks, k, tid);
+  prim::cp_async_commit();
+
+  const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
+  const uint32_t sQ_base = prim::smem_u32(sQ), sK_base = prim::smem_u32(sK),
+                 sV_base = prim::smem_u32(sV);
+  // Per-lane byte offsets of the ldmatrix rows at k-step 0. Since the swizzle XORs the chunk
+  // with (row % 8) and every row is 2*D >= 128 bytes, the address of k-step kk is
+  // offset ^ (kk * 32): one LOP3 instead of a fresh swizzle (and no hoisted address tables).
+  uint32_t q_off[kMT];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+    q_off[mt] = 2 * TileQ::offset(warp * 16 * kMT + mt * 16 + lsel1 * 8 + lrow, lsel2 * 8);
+  const uint32_t k_off = 2 * TileKV::offset(lsel2 * 8 + lrow, lsel1 * 8);
+  const uint32_t v_off = 2 * TileKV::offset(lsel1 * 8 + lrow, lsel2 * 8);
+
+  for (int nb = n_first; nb <= n_last; ++nb) {
+    const int n0 = nb * BN;
+    load_tile_async<TileKV, BN, D, kThreads>(sV, v + static_cast<int64_t>(n0) * p.v_stride.row,
+                                             p.v_stride.row, p.seqlen_k - n0, dchunks, v, tid);
+    prim::cp_async_commit();
+    prim::cp_async_wait<1>();  // Q and K(nb) have landed
+    __syncthreads();
+
+    // ---- S = Q K^T ----
+    float s[kMT][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      //NOBREAK1
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        prim::ldmatrix_x4(a[mt], sQ_base + (q_off[mt] ^ (kk * 32)));
+      }
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t bf[4];
+        prim::ldmatrix_x4(bf, sK_base + np * 16 * D * 2 + (k_off ^ (kk * 32)));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          prim::mma_16816<T>(s[mt][2 * np], a[mt], bf[0], bf[1]);
+          prim::mma_16816<T>(s[mt][2 * np + 1], a[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with sK
+    if (nb < n_last)
+      load_tile_async<TileKV, BN, D, kThreads>(
+          sK, k + static_cast<int64_t>(n0 + BN) * p.k_stride.row, p.k_stride.row,
+          p.seqlen_k - n0 - BN, dchunks, k, tid);
+    prim::cp_async_commit();
+
+    // ---- logits, mask, online softmax ----
+    const bool full_tile = n0 + BN <= p.seqlen_k && n0 >= lo_last && n0 + BN <= hi_first;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = m0 + warp * 16 * kMT + mt * 16 + g + 8 * r;
+        if (!plain) {
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              float th;
+              s[mt][nt][2 * r + c] =
+                  prim::logit(p, s[mt][nt][2 * r + c], slope, i, n0 + nt * 8 + 2 * t + c, &th);
+            }
+        }
+        if (!full_tile) {  // boundary tile: element mask (row bounds recomputed, saves registers)
+          int lo, hi;
+          p.key_range(i, &lo, &hi);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int j = n0 + nt * 8 + 2 * t + c;
+              if (j < lo || j >= hi) s[mt][nt][2 * r + c] = -INFINITY;
+            }
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+          mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+        mx = prim::quad_max(mx);
+        const float new_max = fmaxf(row_max[mt][r], mx);
+        // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives exact zeros.
+        const float m_use = new_max == -INFINITY ? 0.f : new_max;
+        const float m_scaled = m_use * mul;
+        const float corr = prim::fast_exp2(row_max[mt][r] * mul - m_scaled);
+        row_max[mt][r] = new_max;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float e = prim::fast_exp2(fmaf(s[mt][nt][2 * r + c], mul, -m_scaled));
+            s[mt][nt][2 * r + c] = e;
+            sum += e;
+          }
+        row_sum[mt][r] = row_sum[mt][r] * corr + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          acc_o[mt][dt][2 * r] *= corr;
+          acc_o[mt][dt][2 * r + 1] *= corr;
+        }
+      }
+
+    prim::cp_async_wait<1>();  // V(nb) has landed (K(nb+1) may still be in flight)
+    __syncthreads();
+
+    // ---- O += P V ----
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) prim::c_to_a<T>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        //NOBREAK2
+        uint32_t bf[4];
+        prim::ldmatrix_x4_trans(bf, sV_base + kk * 16 * D * 2 + (v_off ^ (dp * 32)));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          prim::mma_16816<T>(acc_o[mt][2 * dp], a[mt], bf[0], bf[1]);
+          prim::mma_16816<T>(acc_o[mt][2 * dp + 1], a[mt], bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with sV
+  }
+  prim::cp_async_wait<0>();
+
+  // ---- epilogue: normalise, write lse, stage O through shared memory for 16-byte stores ----
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float l = prim::quad_sum(row_sum[mt][r]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int rr = warp * 16 * kMT + mt * 16 + g + 8 * r;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const uint32_t packed =
+            prim::Elem<T>::pack(acc_o[mt][dt][2 * r] * inv, acc_o[mt][dt][2 * r + 1] * inv);
+        *reinterpret_cast<uint32_t*>(sQ + TileQ::offset(rr, dt * 8 + 2 * t)) = packed;
+      }
+      if (lse_out && t == 0 && rr < rows_q) {
+        const float m = row_max[mt][r] == -INFINITY ? 0.f : row_max[mt][r];
+        lse_out[rr] = l > 0.f ? m * mul * prim::kLn2 + logf(l) : INFINITY;
+      }
+    }
+  __syncthreads();
+#pragma unroll
+  for (int it = 0; it < BM * (D / 8) / kThreads; ++it) {
+    const int c = it * kThreads + tid;
+    const int r = c / (D / 8), ch = c % (D / 8);
+    if (r < rows_q && ch < dchunks)
+      *reinterpret_cast<uint4*>(out + r * p.out_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sQ + TileQ::offset(r, ch * 8));
+  }
+#endif  // FLASHPLUS_HAS_MMA_SYNC
+}
+
+template <typename T, int D, int BM, int BN, int NW>
+Status launch_fwd_tile(const AttnParams& p, gpuStream_t stream) {
+  using Tr = FwdTraits<D, BM, BN, NW>;
+  int dev = 0, max_smem = 0;
+  FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
+  FLASHPLUS_GPU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (Tr::kSmemBytes > max_smem)
+    return Status::NoInstance("fwd_tc: tile needs more shared memory than this device has");
+  auto kernel = fwd_tc_kernel<T, D, BM, BN, NW>;
+  FLASHPLUS_GPU_CHECK(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize,
+                                          Tr::kSmemBytes));
+  const dim3 grid((p.seqlen_q + BM - 1) / BM, p.nheads, p.batch);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  FLASHPLUS_GPU_CHECK_LAUNCH("fwd_tc_kernel");
+  return Status::Ok();
+}
+
+// Runs the compiled tile of bucket D that `cfg` names (0 fields = the bucket's default).
+template <typename T, int D>
+Status launch_fwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream) {
+  if (cfg.num_splits > 1 || cfg.stages > 1)
+    return Status::NoInstance("fwd_tc: split-KV and multi-stage pipelines are not compiled");
+  if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
+  bool first = true;
+#define FLASHPLUS_FWD_TRY(DD, BM, BN, NW)                                                 \
+  if constexpr (DD == D) {                                                                \
+    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
+    if ((is_default && first) ||                                                          \
+        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+      return launch_fwd_tile<T, DD, BM, BN, NW>(p, stream);                               \
+    first = false;                                                                        \
+  }
+  if constexpr (D == 64) { FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_TRY) }
+  if constexpr (D == 128) { FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_TRY) }
+  if constexpr (D == 256) { FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_TRY) }
+#undef FLASHPLUS_FWD_TRY
+  (void)first;
+  return Status::NoInstance("fwd_tc: no compiled tile m" + std::to_string(cfg.block_m) + "n" +
+                            std::to_string(cfg.block_n) + "w" + std::to_string(cfg.num_warps) +
+                            " for head-dim bucket " + std::to_string(D));
+}
+
+}  // namespace flashplus::gpu::tc
