@@ -45,7 +45,7 @@ KernelConfig tile_config(const AttnParams& p, const RunOptions& opts, const char
     key.arch = "cpu";
     key.dtype = p.dtype;
     key.head_dim_bucket = head_dim_bucket(p.head_dim);
-    key.mask = p.is_causal ? MaskKind::causal : p.has_window() ? MaskKind::window : MaskKind::none;
+    key.mask = mask_kind_of(p);
     key.mode = mode;
     bool from_table = false;
     c = with_defaults(choose_config(cpu_fingerprint(), key, heuristic, &from_table));

@@ -2,6 +2,7 @@
 // first, portable fallback on no_instance). One source for both vendors: compiled by nvcc it
 // defines flashplus::detail::cuda_ops(), compiled by hipcc (kernels/gpu/CMakeLists.txt) it
 // defines hip_ops(). Every runtime call is checked and mapped to Status::Runtime.
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -32,6 +33,7 @@ constexpr DeviceKind kDeviceKind = FLASHPLUS_VENDOR_HIP ? DeviceKind::hip : Devi
 struct Device {
   DeviceDesc desc;
   DeviceInfo info;
+  std::string fingerprint;  // device_fingerprint(desc): which tuned table applies
 };
 
 // Queried once per process; empty when there is no device or no usable driver.
@@ -71,6 +73,7 @@ const std::vector<Device>& device_table() {
       d.desc.arch = platform::arch_name(d.info.arch);
       d.desc.multiprocessors = prop.multiProcessorCount;
       d.desc.memory_bytes = prop.totalGlobalMem;
+      d.fingerprint = device_fingerprint(d.desc);
       r.push_back(d);
     }
     return r;
@@ -119,7 +122,7 @@ Status check_pointer(const char* name, const void* ptr) {
                          " device memory");
 }
 
-Status prepare(const AttnParams& p, DeviceGuard* guard, DeviceInfo* info) {
+Status prepare(const AttnParams& p, DeviceGuard* guard, const Device** dev) {
   if (p.device != kDeviceKind)
     return Status::Invalid(std::string("tensors are in ") + device_name(p.device) +
                            " memory, not " + device_name(kDeviceKind));
@@ -129,7 +132,7 @@ Status prepare(const AttnParams& p, DeviceGuard* guard, DeviceInfo* info) {
     return Status::Invalid("device index " + std::to_string(p.device_index) + " out of range (" +
                            std::to_string(table.size()) + " devices)");
   FLASHPLUS_RETURN_IF_ERROR(guard->enter(p.device_index));
-  *info = table[p.device_index].info;
+  *dev = &table[p.device_index];
   // A kernel that dereferences host memory would poison the whole context; refuse it up front.
   const std::pair<const char*, const void*> tensors[] = {
       {"q", p.q},       {"k", p.k},   {"v", p.v},   {"out", p.out},
@@ -153,43 +156,143 @@ bool is_default(const KernelConfig& c) {
          c.num_splits <= 1;
 }
 
-// Run the tensor-core family with `cfg`; on no_instance retry its default configuration, then
-// the portable fallback.
+// The configuration the last fwd/bwd on this host thread ran with (zeros: the portable fallback).
+thread_local KernelConfig t_last;
+thread_local bool t_has_last = false;
+
+bool last_config(KernelConfig* out) {
+  if (t_has_last && out) *out = t_last;
+  return t_has_last;
+}
+
+std::vector<KernelConfig> tc_configs(Pass pass, int head_dim) {
+  return pass == Pass::fwd ? fwd_tc_configs(head_dim) : bwd_tc_configs(head_dim);
+}
+
+// The tile to try first: the tuned table's entry for this kernel key, else the heuristic.
+KernelConfig pick_config(const AttnParams& p, const Device& dev, Pass pass) {
+  TuneKey key;
+  key.arch = dev.desc.arch;
+  key.dtype = p.dtype;
+  key.head_dim_bucket = head_dim_bucket(p.head_dim);
+  key.mask = mask_kind_of(p);
+  key.mode = pass == Pass::fwd ? "fwd" : "bwd";
+  return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass));
+}
+
+// Run the tensor-core family with the chosen configuration; on no_instance retry its default
+// configuration, then the portable fallback. An explicit RunOptions::config_override is run as
+// given (no_instance when it is not compiled), so autotune measures exactly what it asked for.
 template <class Tc, class Fb>
-Status run_with_fallback(const char* what, const KernelConfig& cfg, Tc tc, Fb fb) {
-  if (force_fallback()) return finish(what, fb());
+Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
+                  const Device& dev, Pass pass, Tc tc, Fb fb) {
+  auto ran = [&](const KernelConfig& c, bool on_tc) {
+    if (!on_tc) {
+      t_last = KernelConfig{};
+    } else if (is_default(c)) {
+      const auto all = tc_configs(pass, p.head_dim);
+      t_last = all.empty() ? KernelConfig{} : all.front();
+    } else {
+      t_last = c;
+    }
+    t_has_last = true;
+  };
+  if (opts.config_override) {
+    Status st = tc(*opts.config_override);
+    if (st.ok()) ran(*opts.config_override, true);
+    return finish(what, std::move(st));
+  }
+  if (force_fallback()) {
+    ran({}, false);
+    return finish(what, fb());
+  }
+  const KernelConfig cfg = pick_config(p, dev, pass);
   Status st = tc(cfg);
-  if (st.code() != StatusCode::no_instance) return finish(what, std::move(st));
+  if (st.code() != StatusCode::no_instance) {
+    if (st.ok()) ran(cfg, true);
+    return finish(what, std::move(st));
+  }
   if (!is_default(cfg)) {
     Status retry = tc(KernelConfig{});
-    if (retry.code() != StatusCode::no_instance) return finish(what, std::move(retry));
+    if (retry.code() != StatusCode::no_instance) {
+      if (retry.ok()) ran(KernelConfig{}, true);
+      return finish(what, std::move(retry));
+    }
   }
+  ran({}, false);
   return finish(what, fb());
 }
 
 Status fwd(const AttnParams& p, const RunOptions& opts) {
   DeviceGuard guard;
-  DeviceInfo info;
-  FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &info));
+  const Device* dev = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
   if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
   const auto fb = [&] { return run_fwd_fallback(p, opts.stream); };
   // seqlen_k == 0: every row is empty; the fallback writes out = 0, lse = +inf without a K loop.
   if (p.seqlen_k == 0) return finish("fwd", fb());
-  return run_with_fallback(
-      "fwd", choose_config(p, info, Pass::fwd),
+  return run_family(
+      "fwd", p, opts, *dev, Pass::fwd,
       [&](const KernelConfig& cfg) { return run_fwd_tc(p, cfg, opts.stream); }, fb);
 }
 
 Status bwd(const AttnParams& p, const RunOptions& opts) {
   DeviceGuard guard;
-  DeviceInfo info;
-  FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &info));
+  const Device* dev = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
   if (p.batch == 0 || p.nheads == 0) return Status::Ok();
   const auto fb = [&] { return run_bwd_fallback(p, opts.stream); };
   if (p.seqlen_k == 0 || p.seqlen_q == 0) return finish("bwd", fb());  // only zero-filling left
-  return run_with_fallback(
-      "bwd", choose_config(p, info, Pass::bwd),
+  return run_family(
+      "bwd", p, opts, *dev, Pass::bwd,
       [&](const KernelConfig& cfg) { return run_bwd_tc(p, cfg, opts.stream); }, fb);
+}
+
+// Autotune's candidates: the tensor-core family's compiled tiles (none for fp32 storage, which
+// only the fallback runs).
+std::vector<KernelConfig> candidates(const TuneKey& key) {
+  if (key.dtype != DType::f16 && key.dtype != DType::bf16) return {};
+  return tc_configs(key.mode == "bwd" ? Pass::bwd : Pass::fwd, key.head_dim_bucket);
+}
+
+// Times `reps` device-to-device copies of `bytes` from a to b (after one warm-up copy).
+Status time_copies(void* a, void* b, size_t bytes, int reps, gpuEvent_t e0, gpuEvent_t e1,
+                   std::vector<float>* ms) {
+  FLASHPLUS_GPU_CHECK(gpuMemset(a, 1, bytes));
+  for (int i = 0; i <= reps; ++i) {
+    float t = 0.f;
+    FLASHPLUS_GPU_CHECK(gpuEventRecord(e0, nullptr));
+    FLASHPLUS_GPU_CHECK(gpuMemcpy(b, a, bytes, gpuMemcpyDeviceToDevice));
+    FLASHPLUS_GPU_CHECK(gpuEventRecord(e1, nullptr));
+    FLASHPLUS_GPU_CHECK(gpuEventSynchronize(e1));
+    FLASHPLUS_GPU_CHECK(gpuEventElapsedTime(&t, e0, e1));
+    if (i > 0) ms->push_back(t);
+  }
+  return Status::Ok();
+}
+
+// Copy bandwidth of device 0: 1 GiB device-to-device copies, bytes read + written per second,
+// the median of 5.
+Status measure_copy_gbs(double* gbs) {
+  if (device_table().empty())
+    return Status::Unsupported(std::string("no ") + FLASHPLUS_VENDOR_NAME + " device");
+  const size_t bytes = size_t{1} << 30;
+  void* a = nullptr;
+  void* b = nullptr;
+  gpuEvent_t e0 = nullptr, e1 = nullptr;
+  std::vector<float> ms;
+  const bool ready = gpuMalloc(&a, bytes) == gpuSuccess && gpuMalloc(&b, bytes) == gpuSuccess &&
+                     gpuEventCreate(&e0) == gpuSuccess && gpuEventCreate(&e1) == gpuSuccess;
+  const Status st = ready ? time_copies(a, b, bytes, 5, e0, e1, &ms)
+                          : platform::gpu_status(gpuGetLastError(), "copy bandwidth setup");
+  if (e0) (void)gpuEventDestroy(e0);
+  if (e1) (void)gpuEventDestroy(e1);
+  if (a) (void)gpuFree(a);
+  if (b) (void)gpuFree(b);
+  if (!st.ok()) return st;
+  std::sort(ms.begin(), ms.end());
+  *gbs = 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+  return Status::Ok();
 }
 
 Status alloc(size_t bytes, void** ptr) {
@@ -271,6 +374,11 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       gpu::devices,        gpu::alloc,           gpu::free_mem,      gpu::copy_h2d,
       gpu::copy_d2h,       gpu::synchronize,     gpu::timer_create,  gpu::timer_destroy,
       gpu::timer_start,    gpu::timer_stop_ms,
+      /*features=*/0,
+      /*measure_copy_gbs=*/gpu::measure_copy_gbs,
+      /*measure_matmul_tflops=*/nullptr,  // no GEMM of our own on the GPU yet
+      /*candidates=*/gpu::candidates,
+      /*last_config=*/gpu::last_config,
   };
   return &ops;
 }

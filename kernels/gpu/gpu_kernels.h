@@ -3,6 +3,8 @@
 // the portable fallback in kernels/gpu/fallback). Compiled by nvcc and by hipcc; host code only
 // sees these declarations.
 #pragma once
+#include <vector>
+
 #include "flashplus/params.h"
 #include "flashplus/status.h"
 #include "flashplus/tuning.h"
@@ -24,6 +26,11 @@ int current_arch(int device_index);
 // can fall back. `stream` is a cudaStream_t / hipStream_t.
 Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream);
 Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream);
+
+// The tensor-core family's compiled tiles for `head_dim` (first = its default), in KernelConfig
+// terms; empty when the family has none (e.g. bwd d256, head_dim > 256).
+std::vector<KernelConfig> fwd_tc_configs(int head_dim);
+std::vector<KernelConfig> bwd_tc_configs(int head_dim);
 
 // Portable fallback (no tensor cores; any dtype incl. fp32, any head_dim <= 256, any arch).
 Status run_fwd_fallback(const AttnParams& p, void* stream);

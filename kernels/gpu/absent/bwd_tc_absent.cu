@@ -6,4 +6,5 @@ namespace flashplus::gpu {
 Status run_bwd_tc(const AttnParams&, const KernelConfig&, void*) {
   return Status::NoInstance("no tensor-core backward compiled into this build");
 }
+std::vector<KernelConfig> bwd_tc_configs(int) { return {}; }
 }  // namespace flashplus::gpu

@@ -6,4 +6,5 @@ namespace flashplus::gpu {
 Status run_fwd_tc(const AttnParams&, const KernelConfig&, void*) {
   return Status::NoInstance("no tensor-core forward compiled into this build");
 }
+std::vector<KernelConfig> fwd_tc_configs(int) { return {}; }
 }  // namespace flashplus::gpu

@@ -5,6 +5,9 @@
 #include "gpu/fwd/fwd_instances.h"  // head_dim_bucket
 #include "gpu/gpu_kernels.h"
 #include "platform/arch.h"
+#if !FLASHPLUS_VENDOR_HIP
+#include "gpu/bwd/bwd_kernel.cuh"  // the tile list (templates only, nothing instantiated)
+#endif
 
 namespace flashplus::gpu {
 
@@ -40,6 +43,28 @@ Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
     default: return Status::NoInstance("bwd_tc: head_dim " + std::to_string(p.head_dim) + " > 256");
   }
 #endif
+}
+
+std::vector<KernelConfig> bwd_tc_configs(int head_dim) {
+  std::vector<KernelConfig> r;
+#if !FLASHPLUS_VENDOR_HIP
+  const int d = tc::head_dim_bucket(head_dim);
+#define FLASHPLUS_BWD_CFG(DD, BN, BM, NW) \
+  if (DD == d) {                        \
+    KernelConfig c;                     \
+    c.block_m = BM;                     \
+    c.block_n = BN;                     \
+    c.num_warps = NW;                   \
+    r.push_back(c);                     \
+  }
+  FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_CFG)
+#undef FLASHPLUS_BWD_CFG
+#else
+  (void)head_dim;
+#endif
+  return r;
 }
 
 }  // namespace flashplus::gpu

@@ -6,11 +6,16 @@
 //   2. bwd_tc_kernel: one block per (key block of BN rows, kv head, batch); warp w owns keys
 //      [16w, 16w+16) of the block, so dK and dV stay in its registers for the whole block. The
 //      block walks the query blocks that can see its keys, for every query head of its kv head
-//      (GQA: dK/dV summed over the group in registers, no workspace). Per query block:
-//        S^T = K Q^T, dP^T = V dO^T            (A = K/V rows, B = Q/dO rows)
-//        P^T = exp(S^T - lse), dS^T = P^T (dP^T - Dsum)   (softcap derivative when on)
-//        dV += P^T dO, dK += dS^T Q             (P^T, dS^T repacked from C to A fragments)
-//        dS^T -> shared memory; dQ += dS K      (all warps; fp32 atomics into the accumulator)
+//      (GQA: dK/dV summed over the group in registers, no workspace). Per query block, in this
+//      order so that only one fp32 16 x BM score tile is live next to dK/dV:
+//        S^T = K Q^T -> P^T = exp(S^T - lse)    (A = K rows, B = Q rows; P^T packed to 16-bit A
+//                                               fragments right away)
+//        dV += P^T dO
+//        dP^T = V dO^T -> dS^T = P^T (dP^T - Dsum)   (softcap derivative folded into a second
+//                                               packed copy of P^T when on)
+//        dK += dS^T Q                           (dS^T repacked from C to A fragments)
+//        dS^T -> shared memory; dQ += dS K      (all warps; fp32 reductions into the accumulator,
+//                                               red.global.add.v2.f32 on sm_90)
 //      Q/dO/lse/Dsum of the next query block load (cp.async, double buffer) during the iteration.
 //   3. bwd_convert_dq: accumulator (pre-scaled) -> dtype, any dq strides.
 // Deterministic mode (p.deterministic): the main kernel skips dQ and bwd_dq_kernel computes it
@@ -34,10 +39,29 @@
 
 namespace flashplus::gpu::tc {
 
+// ---- backward-local helpers (kept here rather than in primitives/tile_mma.h) --------------------
+// A value the compiler cannot see through: re-materialised once per loop iteration, so ptxas does
+// not hoist per-k-step address tables (offset ^ kk*32 for every kk) into registers that stay live
+// across the whole loop.
+__device__ __forceinline__ uint32_t bwd_opaque(uint32_t x) {
+  uint32_t y;
+  asm volatile("mov.b32 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+// Two packed 16-bit values (as Elem<T>::pack made them) back to fp32: lo -> .x, hi -> .y.
+template <typename T> __device__ __forceinline__ float2 bwd_unpack(uint32_t v);
+template <> __device__ __forceinline__ float2 bwd_unpack<platform::half_t>(uint32_t v) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&v));
+}
+template <> __device__ __forceinline__ float2 bwd_unpack<platform::bf16_t>(uint32_t v) {
+  // bf16 -> fp32 is a 16-bit shift: exact, two integer ops.
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+}
+
 // Compiled backward tiles per head-dim bucket: X(D, BN keys, BM queries, NW warps = BN/16).
 // First entry = default.
-#define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 64, 8) X(64, 64, 64, 4)
-#define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 64, 64, 4)
+#define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 32, 8) X(64, 128, 64, 8) X(64, 64, 64, 4)
+#define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 128, 32, 8) X(128, 64, 64, 4)
 #define FLASHPLUS_BWD_TILES_D256(X)
 
 template <int D, int BN, int BM, int NW>
@@ -118,8 +142,11 @@ __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
 }
 
 // ---- 2. main kernel ------------------------------------------------------------------------------
+// d64 with 32 queries per step fits in 128 registers (ptxas: 36/60 bytes spilled, bf16) and
+// 56.5 KB of shared memory, so two blocks (16 warps) share an SM: 1.36x n128m64w8 (H100, s=4096).
+// d128 cannot: dK + dV alone are 128 fp32 registers per thread.
 template <typename T, int D, int BN, int BM, int NW>
-__global__ void __launch_bounds__(NW * 32)
+__global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
     bwd_tc_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
   // dq_accum == nullptr: deterministic mode, dQ is left to bwd_dq_kernel.
 #if FLASHPLUS_HAS_MMA_SYNC
@@ -209,13 +236,13 @@ __global__ void __launch_bounds__(NW * 32)
   const uint32_t sK_base = prim::smem_u32(sK), sV_base = prim::smem_u32(sV),
                  sdS_base = prim::smem_u32(sdS);
   // ldmatrix lane offsets (bytes) at k-step 0; later k-steps XOR in kk * 32 (see fwd kernel).
-  const uint32_t a_off = 2 * TileKV::offset(warp * 16 + lsel1 * 8 + lrow, lsel2 * 8);  // K, V as A
-  const uint32_t b_off = 2 * TileQ::offset(lsel2 * 8 + lrow, lsel1 * 8);        // Q, dO as B
-  const uint32_t bt_off = 2 * TileQ::offset(lsel1 * 8 + lrow, lsel2 * 8);       // Q, dO as B^T
+  const uint32_t a_off0 = 2 * TileKV::offset(warp * 16 + lsel1 * 8 + lrow, lsel2 * 8);  // K, V as A
+  const uint32_t b_off0 = 2 * TileQ::offset(lsel2 * 8 + lrow, lsel1 * 8);        // Q, dO as B
+  const uint32_t bt_off0 = 2 * TileQ::offset(lsel1 * 8 + lrow, lsel2 * 8);       // Q, dO as B^T
   constexpr int kWarpsM = Tr::kWarpsM, kDQT = Tr::kDQT;
   const int wm = warp % kWarpsM, wn = warp / kWarpsM;
-  const uint32_t ds_off = 2 * TileDS::offset(lsel2 * 8 + lrow, wm * 16 + lsel1 * 8);  // dS as A^T
-  const uint32_t kt_off = 2 * TileKV::offset(lsel1 * 8 + lrow, wn * (D / Tr::kWarpsN) + lsel2 * 8);
+  const uint32_t ds_off0 = 2 * TileDS::offset(lsel2 * 8 + lrow, wm * 16 + lsel1 * 8);  // dS as A^T
+  const uint32_t kt_off0 = 2 * TileKV::offset(lsel1 * 8 + lrow, wn * (D / Tr::kWarpsN) + lsel2 * 8);
 
   const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
 
@@ -231,31 +258,31 @@ __global__ void __launch_bounds__(NW * 32)
     prim::cp_async_commit();
     const uint32_t sQ_base = prim::smem_u32(sQ + buf * TileQ::kElems);
     const uint32_t sdO_base = prim::smem_u32(sdO + buf * TileQ::kElems);
+    const uint32_t a_off = bwd_opaque(a_off0), b_off = bwd_opaque(b_off0),
+                   bt_off = bwd_opaque(bt_off0), ds_off = bwd_opaque(ds_off0),
+                   kt_off = bwd_opaque(kt_off0);
 
-    // ---- S^T = K Q^T and dP^T = V dO^T (16 keys x BM queries per warp) ----
-    float s[kQT][4], dp[kQT][4];
+    // The two score-sized products run one after the other so that only one fp32 16 x BM tile
+    // is live next to dK/dV (P^T is kept as packed 16-bit A fragments in between): this keeps
+    // the kernel within 255 registers with room for the compiler to pipeline ldmatrix.
+    // ---- S^T = K Q^T (16 keys x BM queries per warp) -> P^T ----
+    float s[kQT][4];
 #pragma unroll
     for (int nt = 0; nt < kQT; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ak[4], av[4];
+      uint32_t ak[4];
       prim::ldmatrix_x4(ak, sK_base + (a_off ^ (kk * 32)));
-      prim::ldmatrix_x4(av, sV_base + (a_off ^ (kk * 32)));
 #pragma unroll
       for (int np = 0; np < kQT / 2; ++np) {
-        uint32_t bq[4], bd[4];
+        uint32_t bq[4];
         prim::ldmatrix_x4(bq, sQ_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
-        prim::ldmatrix_x4(bd, sdO_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
         prim::mma_16816<T>(s[2 * np], ak, bq[0], bq[1]);
         prim::mma_16816<T>(s[2 * np + 1], ak, bq[2], bq[3]);
-        prim::mma_16816<T>(dp[2 * np], av, bd[0], bd[1]);
-        prim::mma_16816<T>(dp[2 * np + 1], av, bd[2], bd[3]);
       }
     }
-
-    // ---- P^T and dS^T, elementwise ----
     const int q_last = min(m0 + BM, p.seqlen_q) - 1;
     bool full_tile = n0 + BN <= p.seqlen_k;
     if (p.has_window()) {
@@ -267,48 +294,96 @@ __global__ void __launch_bounds__(NW * 32)
     const float slope = prim::alibi_slope(p, b, hq);
     const float* lse_s = sLse + buf * BM;
     const float* ds_s = sDs + buf * BM;
+    // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative
+    // (1 - tanh^2), the factor dS needs; identical to pP without softcap.
+    uint32_t pP[BM / 16][4], pS[BM / 16][4];
+    const bool cap = p.softcap > 0.f;
 #pragma unroll
-    for (int nt = 0; nt < kQT; ++nt)
+    for (int nt = 0; nt < kQT; ++nt) {
+      float lse2[2];
+      int lo[2], hi[2];
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int ql = nt * 8 + 2 * t + c;
-        const float lse2 = lse_s[ql], dsum_i = ds_s[ql];
-        const int i = m0 + ql;
-        int lo = 0, hi = p.seqlen_k;
-        if (!full_tile) p.key_range(i, &lo, &hi);
+        lse2[c] = lse_s[ql];
+        int l = 0, h = p.seqlen_k;
+        if (!full_tile) p.key_range(m0 + ql, &l, &h);
+        lo[c] = l;
+        hi[c] = h;
+      }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int j = key_r0 + 8 * r;
-          float pv, dsv;
+      for (int r = 0; r < 2; ++r) {
+        const int j = key_r0 + 8 * r;
+        float pv[2], pc[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int i = m0 + nt * 8 + 2 * t + c;
           if (plain) {
-            pv = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2));
-            dsv = pv * (dp[nt][2 * r + c] - dsum_i);
+            pv[c] = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
+            pc[c] = pv[c];
           } else {
             float th;
             const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
-            pv = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2));
-            dsv = pv * (dp[nt][2 * r + c] - dsum_i);
-            if (p.softcap > 0.f) dsv *= 1.f - th * th;
+            pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
+            pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
           }
-          if (!full_tile && (j < lo || j >= hi)) pv = dsv = 0.f;
-          s[nt][2 * r + c] = pv;
-          dp[nt][2 * r + c] = dsv;
+          if (!full_tile && (j < lo[c] || j >= hi[c])) pv[c] = pc[c] = 0.f;
         }
+        pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+        pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pc[0], pc[1]);
       }
+    }
 
-    // ---- dV += P^T dO, dK += dS^T Q ----
+    // ---- dV += P^T dO ----
 #pragma unroll
     for (int kq = 0; kq < BM / 16; ++kq) {
-      uint32_t ap[4], ads[4];
-      prim::c_to_a<T>(ap, s[2 * kq], s[2 * kq + 1]);
+#pragma unroll
+      for (int dq2 = 0; dq2 < D / 16; ++dq2) {
+        uint32_t bo[4];
+        prim::ldmatrix_x4_trans(bo, sdO_base + kq * 16 * D * 2 + (bt_off ^ (dq2 * 32)));
+        prim::mma_16816<T>(acc_dv[2 * dq2], pP[kq], bo[0], bo[1]);
+        prim::mma_16816<T>(acc_dv[2 * dq2 + 1], pP[kq], bo[2], bo[3]);
+      }
+    }
+
+    // ---- dP^T = V dO^T, then dS^T = P^T (dP^T - Dsum) (softcap factor inside pS) ----
+    float dp[kQT][4];
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t av[4];
+      prim::ldmatrix_x4(av, sV_base + (a_off ^ (kk * 32)));
+#pragma unroll
+      for (int np = 0; np < kQT / 2; ++np) {
+        uint32_t bd[4];
+        prim::ldmatrix_x4(bd, sdO_base + np * 16 * D * 2 + (b_off ^ (kk * 32)));
+        prim::mma_16816<T>(dp[2 * np], av, bd[0], bd[1]);
+        prim::mma_16816<T>(dp[2 * np + 1], av, bd[2], bd[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt) {
+      const float d0 = ds_s[nt * 8 + 2 * t], d1 = ds_s[nt * 8 + 2 * t + 1];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
+        dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
+        dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+      }
+    }
+
+    // ---- dK += dS^T Q ----
+#pragma unroll
+    for (int kq = 0; kq < BM / 16; ++kq) {
+      uint32_t ads[4];
       prim::c_to_a<T>(ads, dp[2 * kq], dp[2 * kq + 1]);
 #pragma unroll
       for (int dq2 = 0; dq2 < D / 16; ++dq2) {
-        uint32_t bo[4], bq[4];
-        prim::ldmatrix_x4_trans(bo, sdO_base + kq * 16 * D * 2 + (bt_off ^ (dq2 * 32)));
+        uint32_t bq[4];
         prim::ldmatrix_x4_trans(bq, sQ_base + kq * 16 * D * 2 + (bt_off ^ (dq2 * 32)));
-        prim::mma_16816<T>(acc_dv[2 * dq2], ap, bo[0], bo[1]);
-        prim::mma_16816<T>(acc_dv[2 * dq2 + 1], ap, bo[2], bo[3]);
         prim::mma_16816<T>(acc_dk[2 * dq2], ads, bq[0], bq[1]);
         prim::mma_16816<T>(acc_dk[2 * dq2 + 1], ads, bq[2], bq[3]);
       }
@@ -351,9 +426,16 @@ __global__ void __launch_bounds__(NW * 32)
         for (int dt = 0; dt < kDQT; ++dt) {
           const int col = wn * (D / Tr::kWarpsN) + dt * 8 + 2 * t;
           if (col < p.head_dim) {
-            atomicAdd(dqa + static_cast<int64_t>(i) * D + col, acc_dq[dt][2 * r] * p.softmax_scale);
-            atomicAdd(dqa + static_cast<int64_t>(i) * D + col + 1,
-                      acc_dq[dt][2 * r + 1] * p.softmax_scale);
+            float* dst = dqa + static_cast<int64_t>(i) * D + col;  // col even: 8-byte aligned
+            const float v0 = acc_dq[dt][2 * r] * p.softmax_scale;
+            const float v1 = acc_dq[dt][2 * r + 1] * p.softmax_scale;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            // sm_90: one vector reduction for the two neighbouring columns (half the RED count).
+            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(v0), "f"(v1));
+#else
+            atomicAdd(dst, v0);
+            atomicAdd(dst + 1, v1);
+#endif
           }
         }
       }

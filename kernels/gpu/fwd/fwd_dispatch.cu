@@ -4,6 +4,9 @@
 #include "gpu/fwd/fwd_instances.h"
 #include "gpu/gpu_kernels.h"
 #include "platform/arch.h"
+#if !FLASHPLUS_VENDOR_HIP
+#include "gpu/fwd/fwd_kernel.cuh"  // the tile list (templates only, nothing instantiated)
+#endif
 
 namespace flashplus::gpu {
 
@@ -39,6 +42,28 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
     default: return Status::NoInstance("fwd_tc: head_dim " + std::to_string(p.head_dim) + " > 256");
   }
 #endif
+}
+
+std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
+  std::vector<KernelConfig> r;
+#if !FLASHPLUS_VENDOR_HIP
+  const int d = tc::head_dim_bucket(head_dim);
+#define FLASHPLUS_FWD_CFG(DD, BM, BN, NW) \
+  if (DD == d) {                        \
+    KernelConfig c;                     \
+    c.block_m = BM;                     \
+    c.block_n = BN;                     \
+    c.num_warps = NW;                   \
+    r.push_back(c);                     \
+  }
+  FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_CFG)
+#undef FLASHPLUS_FWD_CFG
+#else
+  (void)head_dim;
+#endif
+  return r;
 }
 
 }  // namespace flashplus::gpu

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "flashplus/api.h"
+#include "flashplus/params.h"
 #include "flashplus/status.h"
 #include "flashplus/tensor.h"
 
@@ -38,6 +39,10 @@ const char* mask_kind_name(MaskKind m);
 // The mask kind of a call, from the arguments as passed to mha_fwd: causal with an unbounded left
 // side is `causal`; any other bounded side (or causal with a left window) is `window`.
 MaskKind mask_kind_for(bool is_causal, int window_left, int window_right);
+// The same for validated, canonicalised params (pure causal keeps its bounded left side).
+inline MaskKind mask_kind_of(const AttnParams& p) {
+  return p.is_causal ? MaskKind::causal : p.has_window() ? MaskKind::window : MaskKind::none;
+}
 
 struct TuneKey {
   std::string arch;  // "sm_90", "gfx90a", "cpu"
