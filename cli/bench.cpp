@@ -27,18 +27,35 @@ namespace flashplus::cli {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+BenchCase bench_case_of(const Workload& w, const std::string& mode) {
+  BenchCase c;
+  c.model = w.model;
+  c.dtype = w.dtype;
+  c.batch = w.batch;
+  c.seqlen = w.seqlen;
+  c.mode = mode;
+  c.kind = w.kind;
+  c.page_size = w.page_size;
+  c.num_splits = w.num_splits;
+  c.varlen = w.varlen;
+  return c;
+}
+
 std::vector<BenchCase> bench_cases(const std::vector<Workload>& work,
                                    const std::vector<std::string>& modes) {
   std::vector<BenchCase> out;
   if (modes.empty()) {
-    for (const Workload& w : work) out.push_back({w.model, w.dtype, w.batch, w.seqlen, w.mode});
+    for (const Workload& w : work) out.push_back(bench_case_of(w, w.mode));
     return out;
   }
   for (const std::string& mode : modes) {
-    std::set<std::tuple<const ModelConfig*, int, int, int>> seen;
+    std::set<std::tuple<const ModelConfig*, int, int, int, std::string>> seen;
     for (const Workload& w : work) {
-      if (!seen.insert({w.model, static_cast<int>(w.dtype), w.batch, w.seqlen}).second) continue;
-      out.push_back({w.model, w.dtype, w.batch, w.seqlen, mode});
+      if (w.kind == "decode" && mode != "fwd") continue;  // the KV cache is forward only
+      if (!seen.insert({w.model, static_cast<int>(w.dtype), w.batch, w.seqlen, workload_label(w)})
+               .second)
+        continue;
+      out.push_back(bench_case_of(w, mode));
     }
   }
   return out;
@@ -55,12 +72,37 @@ FlopShape flop_shape(const BenchCase& c) {
   fs.causal = c.model->causal;
   fs.window_left = c.model->window_left;
   fs.window_right = c.model->window_right;
+  if (c.kind == "decode") {
+    fs.seqlen_q = c.model->decode_seqlen_q;
+    fs.seqlen_k = c.seqlen + fs.seqlen_q;
+    if (fs.seqlen_q == 1) fs.causal = false;  // one bottom-right-aligned row: nothing is masked
+  }
   return fs;
+}
+
+// The cases a varlen case is the sum of: one batch-1 prefill case per sequence.
+std::vector<BenchCase> varlen_parts(const BenchCase& c) {
+  std::vector<BenchCase> out;
+  for (int s : c.varlen) {
+    BenchCase p;
+    p.model = c.model;
+    p.dtype = c.dtype;
+    p.batch = 1;
+    p.seqlen = s;
+    p.mode = c.mode;
+    out.push_back(p);
+  }
+  return out;
 }
 
 }  // namespace
 
 double case_flops(const BenchCase& c) {
+  if (c.kind == "varlen") {
+    double f = 0;
+    for (const BenchCase& p : varlen_parts(c)) f += case_flops(p);
+    return f;
+  }
   const FlopShape fs = flop_shape(c);
   double f = 0;
   if (c.mode == "fwd" || c.mode == "fwd+bwd") f += attention_flops(fs, FlopMode::fwd);
@@ -71,6 +113,13 @@ double case_flops(const BenchCase& c) {
 double case_bytes(const BenchCase& c) {
   const ModelConfig& m = *c.model;
   const double e = static_cast<double>(dtype_size(c.dtype));
+  if (c.kind == "varlen") {
+    double b = 0;
+    for (const BenchCase& p : varlen_parts(c)) b += case_bytes(p);
+    return b;
+  }
+  if (c.kind == "decode")  // the KV-cache read: k and v of every visible position
+    return 2.0 * c.batch * (c.seqlen + m.decode_seqlen_q) * m.nheads_k * m.head_dim * e;
   const double q = static_cast<double>(c.batch) * c.seqlen * m.nheads * m.head_dim * e;
   const double kv = static_cast<double>(c.batch) * c.seqlen * m.nheads_k * m.head_dim * e;
   const double lse = static_cast<double>(c.batch) * m.nheads * c.seqlen * 4.0;
@@ -93,6 +142,16 @@ TuneKey case_key(const BenchCase& c, Backend be, const std::string& pass) {
 }
 
 std::string case_shape(const BenchCase& c) {
+  if (c.kind == "decode")
+    return fmt::format("b{} sq{} cache{} page{} splits{} h{} hk{} d{}", c.batch,
+                       c.model->decode_seqlen_q, c.seqlen, c.page_size, c.num_splits,
+                       c.model->nheads, c.model->nheads_k, c.model->head_dim);
+  if (c.kind == "varlen") {
+    long total = 0;
+    for (int s : c.varlen) total += s;
+    return fmt::format("varlen b{} total{} max{} h{} hk{} d{}", c.batch, total, c.seqlen,
+                       c.model->nheads, c.model->nheads_k, c.model->head_dim);
+  }
   return fmt::format("b{} sq{} sk{} h{} hk{} d{}", c.batch, c.seqlen, c.seqlen, c.model->nheads,
                      c.model->nheads_k, c.model->head_dim);
 }
@@ -152,8 +211,219 @@ struct Set {
 
 }  // namespace
 
+// ---- decode and varlen cases ------------------------------------------------------------------
+
+struct WorkloadRunner::Impl {
+  BenchCase c;
+  Backend be;
+  DeviceKind dk;
+  RunOptions ro;
+  int64_t H, HK, D;
+  size_t bytes = 0;
+  DeviceBuffer q, k, v, out, lse, dout, dq, dk_, dv, cuq, cuk, k_new, v_new, seqlens, table,
+      slopes;
+  std::optional<TensorView> alibi;
+  // decode
+  int64_t sq = 1, c0 = 0, c1 = 0, mb = 0;
+  // varlen
+  int64_t tq = 0, max_len = 0;
+
+  DeviceBuffer values(int64_t n, size_t offset) {
+    static const std::vector<float> pool = random_normal(1, "bench", "pool", (1 << 20) + 7);
+    const std::vector<uint8_t> h = host_values(c.dtype, pool, n, offset);
+    bytes += h.size();
+    return upload(be, h);
+  }
+  DeviceBuffer ints(const std::vector<int32_t>& v) {
+    DeviceBuffer d(be, v.size() * 4);
+    if (!v.empty()) d.upload(v.data());
+    bytes += v.size() * 4;
+    return d;
+  }
+  DeviceBuffer empty(size_t n) {
+    bytes += n;
+    return DeviceBuffer(be, n);
+  }
+  TensorView view(const DeviceBuffer& d, std::initializer_list<int64_t> shape,
+                  DType t = DType::f32, bool storage = true) const {
+    return TensorView::contiguous(d.get(), storage ? c.dtype : t, shape, dk);
+  }
+  static void check(const Status& st) {
+    if (st.code() == StatusCode::unsupported || st.code() == StatusCode::no_instance)
+      throw UnsupportedCase(st.to_string());
+    throw_if_error(st);
+  }
+  void fwd() {
+    const ModelConfig& m = *c.model;
+    const auto scale = static_cast<float>(m.softmax_scale), cap = static_cast<float>(m.softcap);
+    const int64_t B = c.batch;
+    if (c.kind == "decode") {
+      std::optional<TensorView> tab;
+      if (c.page_size > 0) tab = TensorView::contiguous(table.get(), DType::i32, {B, mb}, dk);
+      check(mha_fwd_kvcache(
+          view(q, {B, sq, H, D}), view(k, {c0, c1, HK, D}), view(v, {c0, c1, HK, D}),
+          view(k_new, {B, sq, HK, D}), view(v_new, {B, sq, HK, D}),
+          TensorView::contiguous(seqlens.get(), DType::i32, {B}, dk), std::nullopt,
+          std::nullopt, std::nullopt, std::nullopt, tab, alibi, view(out, {B, sq, H, D}),
+          TensorView::contiguous(lse.get(), DType::f32, {B, H, sq}, dk), scale, m.causal,
+          m.window_left, m.window_right, cap, false, c.num_splits, ro));
+    } else {
+      check(mha_varlen_fwd(
+          view(q, {tq, H, D}), view(k, {tq, HK, D}), view(v, {tq, HK, D}), view(out, {tq, H, D}),
+          TensorView::contiguous(lse.get(), DType::f32, {H, tq}, dk),
+          TensorView::contiguous(cuq.get(), DType::i32, {B + 1}, dk),
+          TensorView::contiguous(cuk.get(), DType::i32, {B + 1}, dk), std::nullopt, std::nullopt,
+          std::nullopt, alibi, static_cast<int>(max_len), static_cast<int>(max_len), 0.f, scale,
+          false, m.causal, m.window_left, m.window_right, cap, false, 0, ro));
+    }
+  }
+  void bwd() {
+    const ModelConfig& m = *c.model;
+    const auto scale = static_cast<float>(m.softmax_scale), cap = static_cast<float>(m.softcap);
+    const int64_t B = c.batch;
+    check(mha_varlen_bwd(
+        view(dout, {tq, H, D}), view(q, {tq, H, D}), view(k, {tq, HK, D}), view(v, {tq, HK, D}),
+        view(out, {tq, H, D}), TensorView::contiguous(lse.get(), DType::f32, {H, tq}, dk),
+        view(dq, {tq, H, D}), view(dk_, {tq, HK, D}), view(dv, {tq, HK, D}),
+        TensorView::contiguous(cuq.get(), DType::i32, {B + 1}, dk),
+        TensorView::contiguous(cuk.get(), DType::i32, {B + 1}, dk), alibi,
+        static_cast<int>(max_len), static_cast<int>(max_len), 0.f, scale, false, m.causal,
+        m.window_left, m.window_right, cap, false, std::nullopt, ro));
+  }
+};
+
+WorkloadRunner::WorkloadRunner(const BenchCase& c, Backend be, int threads,
+                               const KernelConfig* config_override, int set_index)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& r = *impl_;
+  const ModelConfig& m = *c.model;
+  r.c = c;
+  r.be = be;
+  r.dk = runtime::device_kind(be);
+  r.ro.backend = be;
+  r.ro.num_threads = threads;
+  r.ro.config_override = config_override;
+  r.H = m.nheads;
+  r.HK = m.nheads_k;
+  r.D = m.head_dim;
+  const int64_t B = c.batch, H = r.H, HK = r.HK, D = r.D;
+  const size_t off = static_cast<size_t>(set_index) * 7919;
+  const size_t e = dtype_size(c.dtype);
+  if (c.kind == "decode") {
+    r.sq = m.decode_seqlen_q;
+    const int64_t cap = c.seqlen + r.sq;  // the cache after this step's append
+    if (c.page_size > 0) {
+      r.mb = (cap + c.page_size - 1) / c.page_size;
+      r.c0 = B * r.mb;
+      r.c1 = c.page_size;
+      std::vector<int32_t> tab(static_cast<size_t>(B * r.mb));
+      // Blocks of a sequence are not adjacent: block j of sequence b is j * B + b.
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < r.mb; ++j) tab[b * r.mb + j] = static_cast<int32_t>(j * B + b);
+      r.table = r.ints(tab);
+    } else {
+      r.c0 = B;
+      r.c1 = cap;
+    }
+    r.q = r.values(B * r.sq * H * D, off);
+    r.k = r.values(r.c0 * r.c1 * HK * D, off + 104729);
+    r.v = r.values(r.c0 * r.c1 * HK * D, off + 224737);
+    r.k_new = r.values(B * r.sq * HK * D, off + 350377);
+    r.v_new = r.values(B * r.sq * HK * D, off + 350381);
+    r.seqlens = r.ints(std::vector<int32_t>(static_cast<size_t>(B), c.seqlen));
+    r.out = r.empty(static_cast<size_t>(B * r.sq * H * D) * e);
+    r.lse = r.empty(static_cast<size_t>(B * H * r.sq) * 4);
+  } else {
+    std::vector<int32_t> cu = {0};
+    for (int s : c.varlen) {
+      cu.push_back(cu.back() + s);
+      r.max_len = std::max<int64_t>(r.max_len, s);
+    }
+    r.tq = cu.back();
+    r.cuq = r.ints(cu);
+    r.cuk = r.ints(cu);
+    r.q = r.values(r.tq * H * D, off);
+    r.k = r.values(r.tq * HK * D, off + 104729);
+    r.v = r.values(r.tq * HK * D, off + 224737);
+    r.out = r.empty(static_cast<size_t>(r.tq * H * D) * e);
+    r.lse = r.empty(static_cast<size_t>(H * r.tq) * 4);
+    if (c.mode != "fwd") {
+      r.dout = r.values(r.tq * H * D, off + 350377);
+      r.dq = r.empty(static_cast<size_t>(r.tq * H * D) * e);
+      r.dk_ = r.empty(static_cast<size_t>(r.tq * HK * D) * e);
+      r.dv = r.empty(static_cast<size_t>(r.tq * HK * D) * e);
+    }
+  }
+  if (m.alibi) {
+    std::vector<float> slopes(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) slopes[h] = std::exp2(-8.0f * (h + 1) / H);
+    r.slopes = DeviceBuffer(be, slopes.size() * 4);
+    r.slopes.upload(slopes.data());
+    r.alibi = TensorView::contiguous(r.slopes.get(), DType::f32, {H}, r.dk);
+  }
+}
+
+WorkloadRunner::~WorkloadRunner() = default;
+
+void WorkloadRunner::setup() {
+  if (impl_->c.kind == "varlen" && impl_->c.mode == "bwd") impl_->fwd();
+}
+
+void WorkloadRunner::run() {
+  const std::string& mode = impl_->c.mode;
+  if (mode == "fwd" || mode == "fwd+bwd") impl_->fwd();
+  if (impl_->c.kind == "varlen" && mode != "fwd") impl_->bwd();
+}
+
+size_t WorkloadRunner::set_bytes() const { return impl_->bytes; }
+
+namespace {
+
+BenchResult bench_workload(const BenchCase& c, Backend be, const BenchSettings& s,
+                           const KernelConfig* config_override) {
+  if (c.kind == "decode" && c.mode != "fwd")
+    throw usage_error("decode workloads are forward only (the KV cache has no backward)");
+  std::vector<std::unique_ptr<WorkloadRunner>> sets;
+  sets.push_back(std::make_unique<WorkloadRunner>(c, be, s.threads, config_override, 0));
+  const size_t set_bytes = sets[0]->set_bytes();
+  const size_t l2 = runtime::default_l2_bytes(be);
+  const int nsets = static_cast<int>(
+      std::clamp<size_t>(set_bytes ? l2 / set_bytes + 1 : 2, 2, 1024));
+  for (int i = 1; i < nsets; ++i)
+    sets.push_back(std::make_unique<WorkloadRunner>(c, be, s.threads, config_override, i));
+  BenchResult r;
+  for (auto& st : sets) st->setup();
+  throw_if_error(runtime::synchronize(be));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto wall = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  int next = 0;
+  for (int i = 0; i < s.warmup; ++i) sets[next++ % nsets]->run();
+  throw_if_error(runtime::synchronize(be));
+  std::vector<double> samples;
+  runtime::Timer timer(be);
+  bool converged = false;
+  do {
+    WorkloadRunner& st = *sets[next++ % nsets];
+    timer.start();
+    st.run();
+    samples.push_back(timer.stop_ms());
+  } while (keep_sampling(samples, wall(), s, &converged));
+  KernelConfig kc;
+  if (runtime::last_kernel_config(be, &kc)) r.configs[c.mode == "bwd" ? "bwd" : "fwd"] = kc;
+  r.stats = summarize(samples);
+  r.stats.converged = converged;
+  r.stats.seconds = wall();
+  r.stats.buffer_sets = nsets;
+  return r;
+}
+
+}  // namespace
+
 BenchResult bench_case(const BenchCase& c, Backend be, const BenchSettings& s,
                        const KernelConfig* config_override) {
+  if (c.kind != "prefill") return bench_workload(c, be, s, config_override);
   const ModelConfig& m = *c.model;
   const int64_t B = c.batch, S = c.seqlen, H = m.nheads, HK = m.nheads_k, D = m.head_dim;
   const DeviceKind dk = runtime::device_kind(be);
@@ -210,10 +480,14 @@ BenchResult bench_case(const BenchCase& c, Backend be, const BenchSettings& s,
       throw UnsupportedCase(st.to_string());
     throw_if_error(st);
   };
+  // A configuration override is for the pass being measured: when only the backward is timed,
+  // its set-up forward runs with the library's own choice (a bwd tile may not exist as a fwd tile).
+  RunOptions fro = ro;
+  if (c.mode == "bwd") fro.config_override = nullptr;
   auto fwd = [&](Set& st) {
     check(mha_fwd(v4(st.q, H), v4(st.k, HK), v4(st.v, HK), v4(st.out, H),
                            TensorView::contiguous(st.lse.get(), DType::f32, {B, H, S}, dk), alibi,
-                           0.f, scale, m.causal, m.window_left, m.window_right, cap, false, ro));
+                           0.f, scale, m.causal, m.window_left, m.window_right, cap, false, fro));
   };
   auto bwd = [&](Set& st) {
     check(mha_bwd(v4(st.dout, H), v4(st.q, H), v4(st.k, HK), v4(st.v, HK), v4(st.out, H),

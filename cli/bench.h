@@ -4,6 +4,7 @@
 // peaks cached per device fingerprint, and the provenance written into every result file.
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,31 @@ struct BenchStats {
 struct BenchCase {
   const ModelConfig* model = nullptr;
   DType dtype = DType::bf16;
-  int batch = 1, seqlen = 1;
+  int batch = 1, seqlen = 1;  // decode: seqlen = cache_len; varlen: the longest sequence
   std::string mode;  // "fwd" | "bwd" | "fwd+bwd"
+  // Workload kind (docs/CONFIGS.md): "prefill" (mha_fwd/bwd), "decode" (mha_fwd_kvcache: one
+  // step of model->decode_seqlen_q tokens appended to a cache of `seqlen` keys; page_size 0 =
+  // contiguous cache), "varlen" (mha_varlen_fwd/bwd over the packed sequences `varlen`).
+  std::string kind = "prefill";
+  int page_size = 0, num_splits = 0;
+  std::vector<int> varlen;
+};
+BenchCase bench_case_of(const Workload& w, const std::string& mode);
+
+// Decode and varlen cases: one input set on the device; run() makes one timed call (the forward,
+// the backward after a setup forward, or both, by the case's mode).
+class WorkloadRunner {
+ public:
+  WorkloadRunner(const BenchCase& c, Backend be, int threads, const KernelConfig* config_override,
+                 int set_index);
+  ~WorkloadRunner();
+  void setup();  // untimed: the forward whose out/lse a "bwd" case needs
+  void run();
+  size_t set_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // The cases of `work` in `modes` (each distinct (model, dtype, batch, seqlen) once per mode);
@@ -45,10 +69,14 @@ struct BenchCase {
 std::vector<BenchCase> bench_cases(const std::vector<Workload>& work,
                                    const std::vector<std::string>& modes);
 
-// FLOPs of a case by THE convention of flops.h (fwd+bwd = fwd + bwd = 3.5x fwd).
+// FLOPs of a case by THE convention of flops.h (fwd+bwd = fwd + bwd = 3.5x fwd). varlen: the sum
+// over its sequences. decode: sq = decode_seqlen_q, sk = cache_len + sq (causal with one query
+// row masks nothing and is counted unmasked).
 double case_flops(const BenchCase& c);
 // Minimum memory traffic of a case in bytes (docs/BENCH.md): fwd reads q, k, v once and writes out
 // and lse (fp32); bwd reads q, k, v, out, dout, lse and writes dq, dk, dv; fwd+bwd is the sum.
+// varlen: the sum over its sequences. decode: the KV-cache read only, 2 * b * (cache_len + sq) *
+// hk * d * dtype bytes (what bounds a decoding step).
 double case_bytes(const BenchCase& c);
 // The tuned-table key a case's `pass` ("fwd" or "bwd") runs under on `be` (arch "cpu" on the
 // CPU backend, the device arch on GPUs).

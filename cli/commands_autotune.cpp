@@ -108,7 +108,9 @@ int run_autotune(const AutotuneArgs& a) {
     for (ModelConfig& m : load_model_configs(path)) {
       models.push_back(std::make_unique<ModelConfig>(std::move(m)));
       if (dtype_override) models.back()->dtypes = {*dtype_override};
-      for (const Workload& w : expand_workloads(*models.back(), f)) work.push_back(w);
+      // The tuned table keys mha_fwd/mha_bwd shapes: decode and varlen workloads are not tuned.
+      for (const Workload& w : expand_workloads(*models.back(), f))
+        if (w.kind == "prefill") work.push_back(w);
     }
   const std::vector<BenchCase> cases = bench_cases(work, {});
   if (cases.empty()) throw usage_error("no workloads left after the filters");

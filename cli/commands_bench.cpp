@@ -19,6 +19,30 @@
 
 namespace flashplus::cli {
 namespace {
+
+// "decode page16 splits0" / "varlen 10 seqs 16960 tok" / "" (prefill).
+std::string workload_label_of(const BenchCase& c) {
+  Workload w;
+  w.kind = c.kind;
+  w.page_size = c.page_size;
+  w.num_splits = c.num_splits;
+  w.varlen = c.varlen;
+  return workload_label(w);
+}
+
+// The workload kind and its sizes, for the JSON report. decode: GB/s counts the KV-cache read.
+nlohmann::json workload_json(const BenchCase& c) {
+  nlohmann::json j = {{"kind", c.kind}};
+  if (c.kind == "decode") {
+    j["cache_len"] = c.seqlen;
+    j["page_size"] = c.page_size;
+    j["num_splits"] = c.num_splits;
+    j["bytes_counted"] = "kv_cache_read";
+  }
+  if (c.kind == "varlen") j["seqlens"] = c.varlen;
+  return j;
+}
+
 using nlohmann::json;
 
 struct BenchArgs {
@@ -146,6 +170,7 @@ int run_bench(const BenchArgs& a) {
                  fmt::format("{}/{}", m.nheads, m.nheads_k), m.head_dim, e.what());
       jcases.push_back({{"model", m.name}, {"mode", c.mode}, {"dtype", dtype_name(c.dtype)},
                         {"batch", c.batch}, {"seqlen_q", c.seqlen}, {"seqlen_k", c.seqlen},
+                        {"workload", workload_json(c)},
                         {"nheads", m.nheads}, {"nheads_k", m.nheads_k}, {"head_dim", m.head_dim},
                         {"causal", m.causal}, {"mask", mask_label(m)}, {"status", "unsupported"},
                         {"message", e.what()}});
@@ -157,7 +182,8 @@ int run_bench(const BenchArgs& a) {
     const double gbs = st.median_ms > 0 ? bytes / (st.median_ms * 1e-3) / 1e9 : 0;
     const json fmm = peaks.measured ? json(tflops / peaks.matmul_tflops) : json(nullptr);
     const json fbw = peaks.measured ? json(gbs / peaks.copy_gbs) : json(nullptr);
-    const std::string mask = mask_label(m);
+    const std::string label = workload_label_of(c);
+    const std::string mask = mask_label(m) + (label.empty() ? "" : " " + label);
     const std::string cfg = configs_label(r.configs);
     fmt::print("{:<{}} {:<7} {:<5} {:>5} {:>7} {:>7} {:>4} {:<14} {:<17} {:>10.4f} {:>10.4f} "
                "{:>5.1f}% {:>4} {:>9.4g} {:>9.4g} {:>6} {:>6}\n",
@@ -179,8 +205,9 @@ int run_bench(const BenchArgs& a) {
                       {"mode", c.mode},
                       {"dtype", dtype_name(c.dtype)},
                       {"batch", c.batch},
-                      {"seqlen_q", c.seqlen},
-                      {"seqlen_k", c.seqlen},
+                      {"seqlen_q", c.kind == "decode" ? m.decode_seqlen_q : c.seqlen},
+                      {"seqlen_k", c.kind == "decode" ? c.seqlen + m.decode_seqlen_q : c.seqlen},
+                      {"workload", workload_json(c)},
                       {"nheads", m.nheads},
                       {"nheads_k", m.nheads_k},
                       {"head_dim", m.head_dim},

@@ -1,13 +1,15 @@
 // Model workload configs (configs/models/*.json; schema in docs/CONFIGS.md).
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashplus/tensor.h"
 
 namespace flashplus::cli {
 
-constexpr int kModelSchemaVersion = 1;
+// Version 2 adds the "decode" and "varlen" workloads; version 1 files are still read.
+constexpr int kModelSchemaVersion = 2;
 
 // One attention configuration of a real model, and the sizes to run it at.
 struct ModelConfig {
@@ -15,7 +17,7 @@ struct ModelConfig {
   std::string name;                  // "llama7b"
   std::string description;           // free text
   std::string source;                // where the numbers come from (model card, config.json)
-  std::string workload = "prefill";  // schema 1: only fixed-length "prefill" (fwd/bwd training)
+  std::string workload = "prefill";  // "prefill" | "decode" | "varlen" (the last two: schema 2)
   int nheads = 0, nheads_k = 0, head_dim = 0;
   bool causal = false;
   int window_left = -1, window_right = -1;  // -1 = unbounded
@@ -29,15 +31,30 @@ struct ModelConfig {
   // Instead of batch_sizes: batch = max(1, batch_tokens / seqlen) for each seqlen (a constant
   // number of tokens per batch, as FlashAttention's benchmarks use). 0 = use batch_sizes.
   int batch_tokens = 0;
+  // workload "decode" (mha_fwd_kvcache): (batch, cache_len) pairs, each run at every page size
+  // (0 = contiguous cache) and num_splits; every step appends decode_seqlen_q new keys.
+  std::vector<std::pair<int, int>> decode_shapes;
+  std::vector<int> page_sizes{0};
+  std::vector<int> num_splits{0};
+  int decode_seqlen_q = 1;
+  // workload "varlen" (mha_varlen_fwd/bwd): each entry one packed batch of sequence lengths
+  // (seqlen_q = seqlen_k per sequence).
+  std::vector<std::vector<int>> varlen_batches;
 };
 
 // One concrete run: a config at one (dtype, batch, seqlen, mode).
 struct Workload {
   const ModelConfig* model = nullptr;
   DType dtype = DType::bf16;
-  int batch = 1, seqlen = 1;
-  std::string mode;  // "fwd" | "bwd"
+  int batch = 1, seqlen = 1;          // decode: seqlen = cache_len; varlen: the longest sequence
+  std::string mode;                   // "fwd" | "bwd"
+  std::string kind = "prefill";       // the model's workload
+  int page_size = 0, num_splits = 0;  // decode
+  std::vector<int> varlen;            // varlen: the sequence lengths (batch = their number)
 };
+
+// "decode page16 splits0", "varlen 8 seqs 18432 tok", "" for prefill.
+std::string workload_label(const Workload& w);
 
 // Throws cli::Error(kExitUsage, "<file>: key '<key>': <reason>") on any problem.
 // For a file with "variants" (checked too): the base config, i.e. the file's own keys with no

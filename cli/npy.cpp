@@ -149,7 +149,8 @@ class HeaderParser {
 };
 
 std::string describe_descr(const std::string& d) {
-  static const std::map<std::string, const char*> names = {{"<f2", "float16"},
+  static const std::map<std::string, const char*> names = {{"<f4", "float32"},
+                                                           {"<f2", "float16"},
                                                            {"<f8", "float64"},
                                                            {"<i4", "int32"},
                                                            {"<i8", "int64"},
@@ -167,7 +168,12 @@ std::string describe_descr(const std::string& d) {
 
 }  // namespace
 
-NpyArray parse_npy(const std::string& bytes, const std::string& name) {
+namespace {
+
+// Parses and validates a .npy image whose dtype must be `want_descr` (4-byte elements); returns the
+// shape and copies the raw little-endian data into `raw` (numel * 4 bytes).
+std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& name,
+                                   const std::string& want_descr, std::vector<uint8_t>* raw) {
   auto fail = [&](const std::string& why) -> Error {
     return usage_error(fmt::format("{}: {}", name, why));
   };
@@ -209,11 +215,17 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
   const bool fortran = get("fortran_order", HeaderParser::Value::boolean).b;
   NpyArray a;
   a.shape = get("shape", HeaderParser::Value::tuple).t;
-  if (descr != "<f4")
+  if (descr != want_descr) {
+    if (want_descr == "<i4")
+      throw fail(
+          fmt::format("dtype {} is not supported: expected int32 ('<i4'); convert with "
+                      "a.astype(np.int32)",
+                      describe_descr(descr)));
     throw fail(
         fmt::format("dtype {} is not supported: expected float32 ('<f4'); convert with "
                     "a.astype(np.float32)",
                     describe_descr(descr)));
+  }
   if (fortran && a.shape.size() > 1)
     throw fail(
         "Fortran-order arrays are not supported: expected C order; convert with "
@@ -232,12 +244,12 @@ NpyArray parse_npy(const std::string& bytes, const std::string& name) {
   if (have > want)
     throw fail(fmt::format("{} unexpected trailing bytes after the data of shape {}", have - want,
                            a.shape_str()));
-  a.data.resize(static_cast<size_t>(n));
-  if (n) std::memcpy(a.data.data(), bytes.data() + data_start, want);  // little-endian host
-  return a;
+  raw->resize(want);
+  if (n) std::memcpy(raw->data(), bytes.data() + data_start, want);  // little-endian host
+  return a.shape;
 }
 
-NpyArray read_npy(const std::string& path) {
+std::string read_file_bytes(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw usage_error(fmt::format("{}: no such file", path));
   if (fs::is_directory(path, ec)) throw usage_error(fmt::format("{}: is a directory", path));
@@ -246,10 +258,10 @@ NpyArray read_npy(const std::string& path) {
   std::ostringstream ss;
   ss << f.rdbuf();
   if (f.bad()) throw usage_error(fmt::format("{}: read error", path));
-  return parse_npy(ss.str(), path);
+  return ss.str();
 }
 
-std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
+std::string encode_npy_raw(const void* data, const std::vector<int64_t>& shape, const char* descr) {
   std::string shp = "(";
   int64_t n = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -259,7 +271,7 @@ std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
   if (shape.size() == 1) shp += ",";
   shp += ")";
   std::string header =
-      fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': {}, }}", shp);
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shp);
   // Pad with spaces and a final newline so magic + len + header is a multiple of 64 bytes.
   const size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
@@ -272,6 +284,46 @@ std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
   out += header;
   out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n) * 4);
   return out;
+}
+
+}  // namespace
+
+NpyArray parse_npy(const std::string& bytes, const std::string& name) {
+  std::vector<uint8_t> raw;
+  NpyArray a;
+  a.shape = parse_npy_raw(bytes, name, "<f4", &raw);
+  a.data.resize(raw.size() / 4);
+  if (!raw.empty()) std::memcpy(a.data.data(), raw.data(), raw.size());
+  return a;
+}
+
+NpyIntArray parse_npy_int32(const std::string& bytes, const std::string& name) {
+  std::vector<uint8_t> raw;
+  NpyIntArray a;
+  a.shape = parse_npy_raw(bytes, name, "<i4", &raw);
+  a.data.resize(raw.size() / 4);
+  if (!raw.empty()) std::memcpy(a.data.data(), raw.data(), raw.size());
+  return a;
+}
+
+NpyIntArray read_npy_int32(const std::string& path) {
+  return parse_npy_int32(read_file_bytes(path), path);
+}
+
+std::string encode_npy_int32(const int32_t* data, const std::vector<int64_t>& shape) {
+  return encode_npy_raw(data, shape, "<i4");
+}
+
+std::string NpyIntArray::shape_str() const {
+  NpyArray tmp;
+  tmp.shape = shape;
+  return tmp.shape_str();
+}
+
+NpyArray read_npy(const std::string& path) { return parse_npy(read_file_bytes(path), path); }
+
+std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
+  return encode_npy_raw(data, shape, "<f4");
 }
 
 void check_output_dir(const std::string& path) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -38,7 +39,9 @@ namespace {
 // clang-format off
 const std::set<std::string> kCaseFields = {
     "batch", "seqlen_q", "seqlen_k", "seqlens", "nheads", "nheads_k", "heads", "head_dim",
-    "dtype", "causal", "window", "softcap", "alibi", "scale", "layout", "mode", "deterministic"};
+    "dtype", "causal", "window", "softcap", "alibi", "scale", "layout", "mode", "deterministic",
+    "dropout", "varlen", "num_splits", "kvcache", "cache_len", "page_size", "new_keys", "rotary",
+    "rotary_interleaved"};
 // clang-format on
 // Derived values an exclusion rule may also test (docs/VERIFY.md).
 const std::set<std::string> kDerivedFields = {"gqa", "mqa", "seqlen_q_gt_k", "seqlen_q_lt_k"};
@@ -111,6 +114,38 @@ class CaseBuilder {
       c_case.bwd = c_.to_choice(v, p, {"fwd", "bwd"}) == "bwd";
     } else if (k == "deterministic") {
       c_case.deterministic = c_.to_bool(v, p);
+    } else if (k == "dropout") {
+      c_case.dropout = c_.to_number(v, p, 0, 0.999);
+    } else if (k == "varlen") {
+      // [n, [sq, sk], ...]: n means seqlen_q = seqlen_k = n.
+      if (!v.is_array())
+        c_.fail(p, fmt::format("expected a list of sequence lengths, got {}", v.dump()));
+      c_case.varlen.clear();
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string ip = JsonChecker::index(p, i);
+        if (v[i].is_array()) {
+          if (v[i].size() != 2) c_.fail(ip, "expected n or [seqlen_q, seqlen_k]");
+          c_case.varlen.emplace_back(c_.to_int(v[i][0], JsonChecker::index(ip, 0), 0, 1 << 20),
+                                     c_.to_int(v[i][1], JsonChecker::index(ip, 1), 0, 1 << 20));
+        } else {
+          const int n = c_.to_int(v[i], ip, 0, 1 << 20);
+          c_case.varlen.emplace_back(n, n);
+        }
+      }
+    } else if (k == "num_splits") {
+      c_case.num_splits = c_.to_int(v, p, 0, 128);
+    } else if (k == "kvcache") {
+      c_case.kvcache = c_.to_bool(v, p);
+    } else if (k == "cache_len") {
+      c_case.cache_len = c_.to_int(v, p, 0, 1 << 24);
+    } else if (k == "page_size") {
+      c_case.page_size = c_.to_int(v, p, 0, 1 << 20);
+    } else if (k == "new_keys") {
+      c_case.new_keys = c_.to_int(v, p, 0, 1 << 20);
+    } else if (k == "rotary") {
+      c_case.rotary = c_.to_int(v, p, 0, 256);
+    } else if (k == "rotary_interleaved") {
+      c_case.rotary_interleaved = c_.to_bool(v, p);
     } else {
       c_.fail(p, "unknown case parameter");
     }
@@ -119,6 +154,15 @@ class CaseBuilder {
   Case finish() {
     if (!sk_set_) c_case.seqlen_k = c_case.seqlen_q;
     if (!hk_set_) c_case.nheads_k = c_case.nheads;
+    if (!c_case.varlen.empty()) {  // batch and lengths follow the sequence list
+      c_case.batch = static_cast<int>(c_case.varlen.size());
+      c_case.seqlen_q = c_case.seqlen_k = 0;
+      for (const auto& s : c_case.varlen) {
+        c_case.seqlen_q = std::max(c_case.seqlen_q, s.first);
+        c_case.seqlen_k = std::max(c_case.seqlen_k, s.second);
+      }
+    }
+    if (c_case.kvcache) c_case.seqlen_k = c_case.cache_len + c_case.new_keys;
     return c_case;
   }
 
@@ -148,6 +192,15 @@ json case_json(const Case& c) {
               {"layout", layout_name(c.layout)},
               {"mode", c.bwd ? "bwd" : "fwd"},
               {"deterministic", c.deterministic},
+              {"dropout", c.dropout},
+              {"varlen", !c.varlen.empty()},
+              {"num_splits", c.num_splits},
+              {"kvcache", c.kvcache},
+              {"cache_len", c.cache_len},
+              {"page_size", c.page_size},
+              {"new_keys", c.new_keys},
+              {"rotary", c.rotary},
+              {"rotary_interleaved", c.rotary_interleaved},
               {"gqa", c.nheads_k < c.nheads},
               {"mqa", c.nheads_k == 1 && c.nheads > 1},
               {"seqlen_q_gt_k", c.seqlen_q > c.seqlen_k},
@@ -253,6 +306,19 @@ std::string builtin_exclusion(const Case& c) {
   if (c.layout == Layout::qkvpacked && (c.seqlen_q != c.seqlen_k || c.nheads != c.nheads_k))
     return "qkvpacked needs seqlen_q == seqlen_k and nheads == nheads_k";
   if (c.deterministic && !c.bwd) return "deterministic only affects the backward (mode bwd)";
+  const bool special = !c.varlen.empty() || c.kvcache;
+  if (special && c.layout != Layout::contiguous)
+    return "varlen and kvcache cases use their own layouts (layout must be contiguous)";
+  if (!c.varlen.empty() && c.kvcache) return "varlen and kvcache cannot be combined";
+  if (c.kvcache && c.bwd) return "the KV cache is forward only (mode fwd)";
+  if (c.kvcache && c.dropout > 0) return "the KV cache has no dropout";
+  if (c.dropout > 0 && c.softcap > 0) return "dropout with softcap is invalid (as upstream)";
+  if (c.num_splits > 0 && !special) return "num_splits needs varlen or kvcache";
+  if (!c.kvcache && (c.cache_len || c.page_size || c.new_keys || c.rotary || c.rotary_interleaved))
+    return "cache_len/page_size/new_keys/rotary need kvcache";
+  if (c.rotary && c.new_keys == 0) return "rotary needs new_keys > 0";
+  if (c.rotary % 2 != 0 || c.rotary > c.head_dim) return "rotary must be even and <= head_dim";
+  if (c.rotary_interleaved && !c.rotary) return "rotary_interleaved needs rotary";
   return "";
 }
 
@@ -271,6 +337,22 @@ std::string case_label(const Case& c) {
   if (c.scale > 0) s += fmt::format("_scale{:g}", c.scale);
   if (c.layout != Layout::contiguous) s += fmt::format("_{}", layout_name(c.layout));
   if (c.deterministic) s += "_det";
+  if (c.dropout > 0) s += fmt::format("_drop{:g}", c.dropout);
+  if (!c.varlen.empty()) {
+    s += "_varlen";
+    for (size_t i = 0; i < c.varlen.size(); ++i)
+      s += fmt::format("{}{}", i ? "." : "",
+                       c.varlen[i].first == c.varlen[i].second
+                           ? std::to_string(c.varlen[i].first)
+                           : fmt::format("{}x{}", c.varlen[i].first, c.varlen[i].second));
+  }
+  if (c.kvcache) {
+    s += fmt::format("_kv{}", c.cache_len);
+    if (c.page_size) s += fmt::format("_page{}", c.page_size);
+    if (c.new_keys) s += fmt::format("_new{}", c.new_keys);
+    if (c.rotary) s += fmt::format("_rot{}{}", c.rotary, c.rotary_interleaved ? "i" : "");
+  }
+  if (c.num_splits) s += fmt::format("_split{}", c.num_splits);
   return s;
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashplus/api.h"
@@ -34,8 +35,20 @@ struct Case {
   Layout layout = Layout::contiguous;
   bool bwd = false;            // also run and check the backward
   bool deterministic = false;  // bwd twice, dq/dk/dv must be bit-identical
-  std::string excluded;        // non-empty: not run, this is why
-  std::string known_failure;   // non-empty: listed as known failure on the chosen backend
+  double dropout = 0;          // p_dropout (fwd and bwd; not with kvcache)
+  // Variable-length batch (mha_varlen_fwd/bwd): one (seqlen_q, seqlen_k) per sequence; batch,
+  // seqlen_q and seqlen_k then hold the count and the longest lengths. Empty = fixed length.
+  std::vector<std::pair<int, int>> varlen;
+  int num_splits = 0;  // varlen and kvcache forwards: 0 = choose
+  // KV cache (mha_fwd_kvcache, forward only): sequence b holds cache_len - 3*b keys (at least 0)
+  // and appends `new_keys` more; capacity cache_len + new_keys (rounded up to whole pages).
+  bool kvcache = false;
+  int cache_len = 0, page_size = 0;  // page_size 0 = contiguous cache, else paged
+  int new_keys = 0;
+  int rotary = 0;  // rotary_dim (0 = none; needs new_keys > 0)
+  bool rotary_interleaved = false;
+  std::string excluded;       // non-empty: not run, this is why
+  std::string known_failure;  // non-empty: listed as known failure on the chosen backend
 };
 
 struct KnownFailure {

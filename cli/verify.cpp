@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -30,6 +31,16 @@ const char* outcome_name(Outcome o) {
 }
 
 namespace {
+
+// VerifyOptions::config_override is for the pass under test: the backward when the case has one
+// (its forward then runs with the library's own choice: a backward tile need not exist as a
+// forward tile), else the forward.
+RunOptions forward_options(const RunOptions& ro, const Case& c) {
+  RunOptions f = ro;
+  if (c.bwd) f.config_override = nullptr;
+  return f;
+}
+
 
 // splitmix64: tiny, fast, and identical on every platform (unlike std:: distributions).
 uint64_t splitmix(uint64_t& s) {
@@ -183,9 +194,339 @@ std::vector<double> rounded(const std::vector<float>& v, DType t) {
   return out;
 }
 
+// ---- shared pieces of the varlen and kvcache runners ---------------------------------------
+
+struct Outcomes {
+  CaseResult& r;
+  const Case& c;
+  std::chrono::steady_clock::time_point t0;
+  void problem(const std::string& m) { r.problems.push_back(m); }
+  CaseResult finish() {
+    bool ok = r.problems.empty();
+    for (const auto& ch : r.checks) ok = ok && ch.check.pass;
+    if (!r.unsupported.empty() && r.problems.empty())
+      r.outcome = Outcome::unsupported;
+    else if (!c.known_failure.empty())
+      r.outcome = ok ? Outcome::xpass : Outcome::xfail;
+    else
+      r.outcome = ok ? Outcome::pass : Outcome::fail;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+  bool status(const Status& st, const char* fn) {
+    if (st.ok()) return true;
+    if (st.code() == StatusCode::unsupported || st.code() == StatusCode::no_instance)
+      r.unsupported = fmt::format("{}: {}", fn, st.to_string());
+    else
+      problem(fmt::format("{}: {}", fn, st.to_string()));
+    return false;
+  }
+  void fetch(Guarded& g, const char* what) {
+    const std::string m = g.fetch(what);
+    if (!m.empty()) problem(m);
+  }
+};
+
+// A whole-buffer input in storage dtype on the device.
+struct Input {
+  DType t;
+  std::vector<uint8_t> host;
+  DeviceBuffer dev;
+  Input(Backend be, DType dt, const std::vector<float>& v)
+      : t(dt), host(v.size() * dtype_size(dt)) {
+    for (size_t i = 0; i < v.size(); ++i)
+      store_float(host.data(), t, static_cast<int64_t>(i), v[i]);
+    dev = DeviceBuffer(be, host.size());
+    dev.upload(host.data());
+  }
+  TensorView view(std::initializer_list<int64_t> shape, DeviceKind dk) const {
+    return TensorView::contiguous(dev.get(), t, shape, dk);
+  }
+  std::vector<double> values() const {
+    std::vector<double> out(host.size() / dtype_size(t));
+    for (size_t i = 0; i < out.size(); ++i)
+      out[i] = load_float(host.data(), t, static_cast<int64_t>(i));
+    return out;
+  }
+};
+
+struct IntInput {
+  DeviceBuffer dev;
+  IntInput(Backend be, const std::vector<int>& v) : dev(be, v.size() * 4) {
+    std::vector<int32_t> h(v.begin(), v.end());
+    if (!h.empty()) dev.upload(h.data());
+  }
+  TensorView view(std::initializer_list<int64_t> shape, DeviceKind dk) const {
+    return TensorView::contiguous(dev.get(), DType::i32, shape, dk);
+  }
+};
+
+uint64_t dropout_seed_of(uint64_t seed, const std::string& name) {
+  return fnv1a(name, seed ^ 0xd509d509ull);
+}
+
+std::vector<float> alibi_slopes(const Case& c, uint64_t seed) {
+  if (c.alibi == AlibiMode::none) return {};
+  const int64_t n = c.alibi == AlibiMode::per_head ? c.nheads : int64_t{c.batch} * c.nheads;
+  std::vector<float> s = random_normal(seed, c.name, "alibi", static_cast<size_t>(n));
+  for (float& x : s) x = 0.05f + 0.2f * std::fabs(x);
+  return s;
+}
+
+CaseResult run_varlen_case(const Case& c, const VerifyOptions& o) {
+  CaseResult r;
+  Outcomes oc{r, c, std::chrono::steady_clock::now()};
+  const Backend be = o.backend;
+  const DeviceKind dk = runtime::device_kind(be);
+  const DType t = c.dtype;
+  const int64_t B = c.batch, H = c.nheads, HK = c.nheads_k, D = c.head_dim;
+  std::vector<int> cuq = {0}, cuk = {0};
+  for (const auto& s : c.varlen) {
+    cuq.push_back(cuq.back() + s.first);
+    cuk.push_back(cuk.back() + s.second);
+  }
+  const int64_t TQ = cuq.back(), TK = cuk.back();
+  RunOptions ro;
+  ro.backend = be;
+  ro.num_threads = o.num_threads;
+  ro.config_override = o.config_override;
+  ro.dropout_seed = dropout_seed_of(o.seed, c.name);
+  ro.dropout_offset = 1;
+  auto gen = [&](const char* tag, int64_t n) {
+    std::vector<float> v = random_normal(o.seed, c.name, tag, static_cast<size_t>(n));
+    for (float& x : v) {
+      x = round_to(t, x);
+      if (x == 0.f) x = 0.5f;
+    }
+    return v;
+  };
+  const std::vector<float> q = gen("q", TQ * H * D), k = gen("k", TK * HK * D),
+                           v = gen("v", TK * HK * D);
+  const Input qi(be, t, q), ki(be, t, k), vi(be, t, v);
+  const IntInput cuqi(be, cuq), cuki(be, cuk);
+  const TensorView qv = qi.view({TQ, H, D}, dk), kv = ki.view({TK, HK, D}, dk),
+                   vv = vi.view({TK, HK, D}, dk), cuqv = cuqi.view({B + 1}, dk),
+                   cukv = cuki.view({B + 1}, dk);
+  const std::vector<float> slopes = alibi_slopes(c, o.seed);
+  DeviceBuffer slopes_dev;
+  std::optional<TensorView> alibi;
+  if (!slopes.empty()) {
+    slopes_dev = DeviceBuffer(be, slopes.size() * 4);
+    slopes_dev.upload(slopes.data());
+    alibi = c.alibi == AlibiMode::per_head
+                ? TensorView::contiguous(slopes_dev.get(), DType::f32, {H}, dk)
+                : TensorView::contiguous(slopes_dev.get(), DType::f32, {B, H}, dk);
+  }
+  ref::VarlenProblem p;
+  p.cu_seqlens_q = cuq;
+  p.cu_seqlens_k = cuk;
+  p.total_q = static_cast<int>(TQ);
+  p.total_k = static_cast<int>(TK);
+  p.max_seqlen_q = c.seqlen_q;
+  p.max_seqlen_k = c.seqlen_k;
+  p.nheads = c.nheads;
+  p.nheads_k = c.nheads_k;
+  p.head_dim = c.head_dim;
+  p.softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softcap = static_cast<double>(static_cast<float>(c.softcap));
+  p.alibi.assign(slopes.begin(), slopes.end());
+  const auto pd = static_cast<float>(c.dropout);
+  p.p_dropout = pd;
+  p.dropout_seed = ro.dropout_seed;
+  p.dropout_offset = ro.dropout_offset;
+  const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
+  const bool cap = c.softcap > 0;
+  const auto scale = static_cast<float>(c.scale), softcap = static_cast<float>(c.softcap);
+
+  // Every query row belongs to a sequence, so every element of out/lse must be written.
+  Guarded out(be, t, {TQ, H, D}), lse(be, DType::f32, {H, TQ});
+  const Status fst =
+      mha_varlen_fwd(qv, kv, vv, out.view(dk), lse.view(dk), cuqv, cukv, std::nullopt, std::nullopt,
+                     std::nullopt, alibi, c.seqlen_q, c.seqlen_k, pd, scale, false, c.causal,
+                     c.window_left, c.window_right, softcap, false, c.num_splits,
+                     forward_options(ro, c));
+  if (!oc.status(fst, "mha_varlen_fwd")) return oc.finish();
+  throw_if_error(runtime::synchronize(be));
+  oc.fetch(out, "out");
+  oc.fetch(lse, "lse");
+  {
+    const ref::FwdResult ex = ref::varlen_forward(p, qd, kd, vd);
+    const ref::FwdResult nv = ref::varlen_forward_naive(p, qd, kd, vd, t);
+    r.checks.push_back({"out", ref::compare(ex.out, out.values(), nv.out, t, cap)});
+    r.checks.push_back({"lse", ref::compare(ex.lse, lse.values(), nv.lse, t, cap)});
+  }
+  if (!c.bwd) return oc.finish();
+  const std::vector<float> dout = gen("dout", TQ * H * D);
+  const Input doi(be, t, dout);
+  auto run_bwd = [&](Guarded& dq, Guarded& dkk, Guarded& dv) {
+    const Status st = mha_varlen_bwd(
+        doi.view({TQ, H, D}, dk), qv, kv, vv, out.view(dk), lse.view(dk), dq.view(dk), dkk.view(dk),
+        dv.view(dk), cuqv, cukv, alibi, c.seqlen_q, c.seqlen_k, pd, scale, false, c.causal,
+        c.window_left, c.window_right, softcap, c.deterministic, std::nullopt, ro);
+    if (!oc.status(st, "mha_varlen_bwd")) return false;
+    throw_if_error(runtime::synchronize(be));
+    oc.fetch(dq, "dq");
+    oc.fetch(dkk, "dk");
+    oc.fetch(dv, "dv");
+    return true;
+  };
+  Guarded dq(be, t, {TQ, H, D}), dkg(be, t, {TK, HK, D}), dvg(be, t, {TK, HK, D});
+  if (!run_bwd(dq, dkg, dvg)) return oc.finish();
+  {
+    const std::vector<double> dod = rounded(dout, t);
+    const ref::BwdResult ex = ref::varlen_backward(p, qd, kd, vd, dod);
+    const ref::BwdResult nv = ref::varlen_backward_naive(p, qd, kd, vd, dod, t);
+    r.checks.push_back({"dq", ref::compare(ex.dq, dq.values(), nv.dq, t, cap)});
+    r.checks.push_back({"dk", ref::compare(ex.dk, dkg.values(), nv.dk, t, cap)});
+    r.checks.push_back({"dv", ref::compare(ex.dv, dvg.values(), nv.dv, t, cap)});
+  }
+  if (c.deterministic) {
+    Guarded dq2(be, t, {TQ, H, D}), dk2(be, t, {TK, HK, D}), dv2(be, t, {TK, HK, D});
+    if (run_bwd(dq2, dk2, dv2) &&
+        (!dq.same_interior(dq2) || !dkg.same_interior(dk2) || !dvg.same_interior(dv2)))
+      oc.problem("deterministic: a second backward gave different bits");
+  }
+  return oc.finish();
+}
+
+CaseResult run_kvcache_case(const Case& c, const VerifyOptions& o) {
+  CaseResult r;
+  Outcomes oc{r, c, std::chrono::steady_clock::now()};
+  const Backend be = o.backend;
+  const DeviceKind dk = runtime::device_kind(be);
+  const DType t = c.dtype;
+  const int64_t B = c.batch, SQ = c.seqlen_q, H = c.nheads, HK = c.nheads_k, D = c.head_dim;
+  const int64_t NEW = c.new_keys;
+  RunOptions ro;
+  ro.backend = be;
+  ro.num_threads = o.num_threads;
+  ro.config_override = o.config_override;
+  auto gen = [&](const char* tag, int64_t n) {
+    std::vector<float> v = random_normal(o.seed, c.name, tag, static_cast<size_t>(n));
+    for (float& x : v) {
+      x = round_to(t, x);
+      if (x == 0.f) x = 0.5f;
+    }
+    return v;
+  };
+  ref::KvcacheProblem p;
+  p.batch = c.batch;
+  p.seqlen_q = c.seqlen_q;
+  p.nheads = c.nheads;
+  p.nheads_k = c.nheads_k;
+  p.head_dim = c.head_dim;
+  p.seqlen_new = c.new_keys;
+  for (int b = 0; b < c.batch; ++b) p.cache_seqlens.push_back(std::max(0, c.cache_len - 3 * b));
+  const int need = c.cache_len + c.new_keys;  // the longest sequence after the append
+  int64_t rows = 0;                           // rows of the flattened cache
+  if (c.page_size > 0) {
+    p.page_block_size = c.page_size;
+    p.max_blocks_per_seq = std::max(1, (need + c.page_size - 1) / c.page_size);
+    p.num_blocks = c.batch * p.max_blocks_per_seq + 1;  // one block nobody uses
+    // Blocks handed out in a shuffled order; entries past a sequence's used pages are -1.
+    std::vector<int> perm(static_cast<size_t>(p.num_blocks));
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int>(i);
+    uint64_t s = fnv1a(c.name, o.seed);
+    for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[splitmix(s) % i]);
+    p.block_table.assign(static_cast<size_t>(c.batch * p.max_blocks_per_seq), -1);
+    size_t next = 0;
+    for (int b = 0; b < c.batch; ++b) {
+      const int used = (p.cache_seqlens[b] + c.new_keys + c.page_size - 1) / c.page_size;
+      for (int j = 0; j < used; ++j) p.block_table[b * p.max_blocks_per_seq + j] = perm[next++];
+    }
+    rows = int64_t{p.num_blocks} * c.page_size;
+  } else {
+    p.batch_cache = c.batch;
+    p.seqlen_cache = std::max(1, need);
+    rows = int64_t{c.batch} * p.seqlen_cache;
+  }
+  const int capacity = p.capacity();
+  const std::vector<float> q = gen("q", B * SQ * H * D), kc = gen("kcache", rows * HK * D),
+                           vc = gen("vcache", rows * HK * D), kn = gen("knew", B * NEW * HK * D),
+                           vn = gen("vnew", B * NEW * HK * D);
+  std::vector<float> cos, sin;
+  if (c.rotary) {
+    const int half = c.rotary / 2;
+    for (int pos = 0; pos < capacity; ++pos)
+      for (int j = 0; j < half; ++j) {
+        const double th = pos * std::pow(10000.0, -2.0 * j / c.rotary);
+        cos.push_back(round_to(t, static_cast<float>(std::cos(th))));
+        sin.push_back(round_to(t, static_cast<float>(std::sin(th))));
+      }
+    p.rotary_cos.assign(cos.begin(), cos.end());
+    p.rotary_sin.assign(sin.begin(), sin.end());
+    p.rotary_dim = c.rotary;
+    p.rotary_interleaved = c.rotary_interleaved;
+  }
+  p.softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
+  p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softcap = static_cast<double>(static_cast<float>(c.softcap));
+  const std::vector<float> slopes = alibi_slopes(c, o.seed);
+  p.alibi.assign(slopes.begin(), slopes.end());
+
+  const Input qi(be, t, q), kni(be, t, kn), vni(be, t, vn);
+  Input kci(be, t, kc), vci(be, t, vc);
+  const int64_t c0 = c.page_size > 0 ? p.num_blocks : B;
+  const int64_t c1 = c.page_size > 0 ? c.page_size : p.seqlen_cache;
+  std::optional<TensorView> knv, vnv, seqv, tabv, cosv, sinv, alibi;
+  const IntInput seqi(be, p.cache_seqlens), tabi(be, p.block_table);
+  seqv = seqi.view({B}, dk);
+  if (NEW > 0) {
+    knv = kni.view({B, NEW, HK, D}, dk);
+    vnv = vni.view({B, NEW, HK, D}, dk);
+  }
+  if (c.page_size > 0) tabv = tabi.view({B, p.max_blocks_per_seq}, dk);
+  std::optional<Input> cosi, sini;
+  if (c.rotary) {
+    cosi.emplace(be, t, cos);
+    sini.emplace(be, t, sin);
+    cosv = cosi->view({capacity, c.rotary / 2}, dk);
+    sinv = sini->view({capacity, c.rotary / 2}, dk);
+  }
+  DeviceBuffer slopes_dev;
+  if (!slopes.empty()) {
+    slopes_dev = DeviceBuffer(be, slopes.size() * 4);
+    slopes_dev.upload(slopes.data());
+    alibi = c.alibi == AlibiMode::per_head
+                ? TensorView::contiguous(slopes_dev.get(), DType::f32, {H}, dk)
+                : TensorView::contiguous(slopes_dev.get(), DType::f32, {B, H}, dk);
+  }
+  Guarded out(be, t, {B, SQ, H, D}), lse(be, DType::f32, {B, H, SQ});
+  const Status st = mha_fwd_kvcache(
+      qi.view({B, SQ, H, D}, dk), kci.view({c0, c1, HK, D}, dk), vci.view({c0, c1, HK, D}, dk), knv,
+      vnv, seqv, cosv, sinv, std::nullopt, std::nullopt, tabv, alibi, out.view(dk), lse.view(dk),
+      static_cast<float>(c.scale), c.causal, c.window_left, c.window_right,
+      static_cast<float>(c.softcap), c.rotary_interleaved, c.num_splits, ro);
+  if (!oc.status(st, "mha_fwd_kvcache")) return oc.finish();
+  throw_if_error(runtime::synchronize(be));
+  oc.fetch(out, "out");
+  oc.fetch(lse, "lse");
+  kci.dev.download(kci.host.data());
+  vci.dev.download(vci.host.data());
+  const std::vector<double> qd = rounded(q, t), kcd = rounded(kc, t), vcd = rounded(vc, t),
+                            knd = rounded(kn, t), vnd = rounded(vn, t);
+  const ref::KvcacheResult ex = ref::kvcache_forward(p, qd, kcd, vcd, knd, vnd);
+  const ref::KvcacheResult nv = ref::kvcache_forward_naive(p, qd, kcd, vcd, knd, vnd, t);
+  const bool cap = c.softcap > 0;
+  r.checks.push_back({"out", ref::compare(ex.fwd.out, out.values(), nv.fwd.out, t, cap)});
+  r.checks.push_back({"lse", ref::compare(ex.fwd.lse, lse.values(), nv.fwd.lse, t, cap)});
+  if (NEW > 0) {
+    r.checks.push_back({"k_cache", ref::compare(ex.k_cache, kci.values(), nv.k_cache, t, cap)});
+    r.checks.push_back({"v_cache", ref::compare(ex.v_cache, vci.values(), nv.v_cache, t, cap)});
+  }
+  return oc.finish();
+}
+
 }  // namespace
 
 CaseResult run_case(const Case& c, const VerifyOptions& o) {
+  if (!c.varlen.empty()) return run_varlen_case(c, o);
+  if (c.kvcache) return run_kvcache_case(c, o);
   const auto t0 = std::chrono::steady_clock::now();
   CaseResult r;
   const Backend be = o.backend;
@@ -197,6 +538,9 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   ro.backend = be;
   ro.num_threads = o.num_threads;
   ro.config_override = o.config_override;
+  ro.dropout_seed = dropout_seed_of(o.seed, c.name);
+  ro.dropout_offset = 1;
+  const auto p_drop = static_cast<float>(c.dropout);
 
   // ---- inputs: random, rounded to the storage dtype (the reference sees the rounded values) ---
   auto gen = [&](const char* tag, int64_t n) {
@@ -288,6 +632,9 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   p.window_right = c.window_right;
   p.softcap = static_cast<double>(static_cast<float>(c.softcap));
   p.alibi.assign(slopes.begin(), slopes.end());
+  p.p_dropout = p_drop;
+  p.dropout_seed = ro.dropout_seed;
+  p.dropout_offset = ro.dropout_offset;
   const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
 
   auto problem = [&](const std::string& m) { r.problems.push_back(m); };
@@ -316,8 +663,9 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   Guarded out(be, t, {B, SQ, H, D});
   Guarded lse(be, DType::f32, {B, H, SQ});
   const Status fst =
-      mha_fwd(qv, kv, vv, out.view(dk), lse.view(dk), alibi, 0.f, static_cast<float>(c.scale),
-              c.causal, c.window_left, c.window_right, static_cast<float>(c.softcap), false, ro);
+      mha_fwd(qv, kv, vv, out.view(dk), lse.view(dk), alibi, p_drop, static_cast<float>(c.scale),
+              c.causal, c.window_left, c.window_right, static_cast<float>(c.softcap), false,
+              forward_options(ro, c));
   if (!handle_status(fst, "mha_fwd")) return finish();
   throw_if_error(runtime::synchronize(be));
   for (auto* g : {&out, &lse}) {
@@ -344,7 +692,7 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   auto run_bwd = [&](Guarded& dq, Guarded& dkk, Guarded& dv) {
     const Status st =
         mha_bwd(doutv, qv, kv, vv, out.view(dk), lse.view(dk), dq.view(dk), dkk.view(dk),
-                dv.view(dk), alibi, 0.f, static_cast<float>(c.scale), c.causal, c.window_left,
+                dv.view(dk), alibi, p_drop, static_cast<float>(c.scale), c.causal, c.window_left,
                 c.window_right, static_cast<float>(c.softcap), c.deterministic, std::nullopt, ro);
     if (!handle_status(st, "mha_bwd")) return false;
     throw_if_error(runtime::synchronize(be));

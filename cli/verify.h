@@ -36,7 +36,8 @@ struct VerifyOptions {
   Backend backend = Backend::cpu;  // resolved (never auto_select)
   uint64_t seed = 0;
   int num_threads = 0;
-  const KernelConfig* config_override = nullptr;  // autotune: run the case with this config
+  // autotune: run the pass under test with this config (the backward when the case has one).
+  const KernelConfig* config_override = nullptr;
 };
 
 CaseResult run_case(const Case& c, const VerifyOptions& opts);

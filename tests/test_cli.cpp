@@ -129,6 +129,23 @@ TEST_CASE("cli: help, version and info", "[cli]") {
   CHECK_THAT(run_cli("run --help").output,
              Catch::Contains("--window") && Catch::Contains("--dout") &&
                  Catch::Contains("--max-seqlen") && Catch::Contains("--deterministic"));
+  {
+    const std::string rh = run_cli("run --help").output;
+    for (const char* flag : {"--cu-seqlens-q",  "--cu-seqlens-k",
+                             "--max-seqlen-q",  "--max-seqlen-k",
+                             "--seqused-k",     "--k-cache",
+                             "--v-cache",       "--cache-seqlens",
+                             "--block-table",   "--k-new",
+                             "--v-new",         "--rotary-cos",
+                             "--rotary-sin",    "--rotary-interleaved",
+                             "--num-splits",    "--cache-batch-idx",
+                             "--cache-leftpad", "--k-cache-out",
+                             "--v-cache-out",   "--dropout",
+                             "--seed",          "--dropout-offset"}) {
+      INFO(flag);
+      CHECK_THAT(rh, Catch::Contains(flag));
+    }
+  }
   const Result i = run_cli("info");
   CHECK(i.code == 0);
   CHECK_THAT(i.output,
@@ -243,6 +260,48 @@ TEST_CASE("cli: run --config prints a table; config errors name file and key", "
   REQUIRE(r.code == 0);
   CHECK_THAT(r.output,
              Catch::Contains("TFLOP/s") && Catch::Contains("llama7b") && Catch::Contains("causal"));
+  // Decode (KV cache, paged) and varlen workloads: llama3-8b's are listed; small ones run.
+  const Result ll = run_cli("run --config '" + kSource + "/configs/models/llama3-8b.json' --list");
+  CHECK(ll.code == 0);
+  CHECK_THAT(ll.output, Catch::Contains("llama3-8b/decode") && Catch::Contains("131072") &&
+                            Catch::Contains("decode page256 splits0") &&
+                            Catch::Contains("llama3-8b/varlen"));
+  {
+    TempDir w;
+    w.write("m.json", R"({"schema_version": 2, "name": "small", "source": "test", "nheads": 8,
+        "nheads_k": 2, "head_dim": 64, "mask": {"causal": true}, "dtype": "fp16",
+        "batch_sizes": [1], "seqlens": [64], "modes": ["fwd"],
+        "workloads": [
+          {"name": "decode", "workload": "decode",
+           "decode": {"shapes": [[2, 300]], "page_sizes": [0, 16], "num_splits": [0, 3]}},
+          {"name": "varlen", "workload": "varlen", "modes": ["fwd", "bwd"],
+           "varlen": {"batches": [[100, 37, 5]]}}]})");
+    const Result dv = run_cli("run --config m.json --backend cpu", w.path.string());
+    INFO(dv.output);
+    REQUIRE(dv.code == 0);
+    CHECK_THAT(dv.output, Catch::Contains("small/decode") &&
+                              Catch::Contains("decode page16 splits3") &&
+                              Catch::Contains("KV read") && Catch::Contains("small/varlen") &&
+                              Catch::Contains("varlen 3 seqs 142 tok"));
+    const Result bj =
+        run_cli("bench --config m.json --backend cpu --max-time 0.05 --min-time 0.01 --json b.json",
+                w.path.string());
+    INFO(bj.output);
+    REQUIRE(bj.code == 0);
+    const auto rep = nlohmann::json::parse(std::ifstream(w.file("b.json")));
+    int decode = 0, varlen = 0;
+    for (const auto& c : rep["cases"]) {
+      CHECK(c["status"] == "ok");
+      if (c["workload"]["kind"] == "decode") {
+        ++decode;
+        CHECK(c["seqlen_k"] == 301);
+        CHECK(c["bytes"].get<double>() == Approx(2.0 * 2 * 301 * 2 * 64 * 2));
+      }
+      if (c["workload"]["kind"] == "varlen") ++varlen;
+    }
+    CHECK(decode == 4);
+    CHECK(varlen == 2);
+  }
   const Result l = run_cli("run --config '" + kSource + "/configs/models/mistral-7b.json' --list");
   CHECK(l.code == 0);
   CHECK_THAT(l.output, Catch::Contains("window(4096,0)"));
@@ -269,14 +328,14 @@ TEST_CASE("cli: verify runs a suite, writes a JSON report, lists and filters", "
                            Catch::Contains(" dq ") && Catch::Contains(" lse ") &&
                            Catch::Contains("tol="));
   const auto rep = nlohmann::json::parse(std::ifstream(d.file("rep.json")));
-  CHECK(rep["summary"]["passed"] == 6);
+  CHECK(rep["summary"]["passed"] == 9);
   CHECK(rep["summary"]["failed"] == 0);
   CHECK(rep["meta"]["backend"] == "cpu");
-  CHECK(rep["cases"].size() == 6);
+  CHECK(rep["cases"].size() == 9);
 
   const Result l = run_cli("verify --suite " + smoke + " --list");
   CHECK(l.code == 0);
-  CHECK_THAT(l.output, Catch::Contains("6 case(s) to run"));
+  CHECK_THAT(l.output, Catch::Contains("9 case(s) to run"));
   // The default suite (ci.json) is found without --suite.
   const Result def = run_cli("verify --list", d.path.string());
   CHECK(def.code == 0);

@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 
+#include "bench.h"
 #include "common.h"
 #include "config.h"
 #include "flops.h"
@@ -144,10 +145,10 @@ TEST_CASE("configs: unknown keys and bad values name the file, the key and the r
   {
     TempJson t(model_json(R"(, "workload": "decode")"));
     CHECK_THAT(error_of([&] { load_model_config(t.path); }),
-               Catch::Contains("key 'workload'") && Catch::Contains("reserved"));
+               Catch::Contains("key 'workload'") && Catch::Contains("need schema_version 2"));
   }
   {
-    TempJson t(R"({"schema_version": 2, "name": "m"})");
+    TempJson t(R"({"schema_version": 3, "name": "m"})");
     CHECK_THAT(error_of([&] { load_model_config(t.path); }),
                Catch::Contains("key 'schema_version'"));
   }
@@ -179,6 +180,101 @@ TEST_CASE("configs: workloads expand and filter", "[config]") {
   CHECK(w[1].seqlen == 1024);
   CHECK(w[0].mode == "fwd");
   CHECK(mask_label(m) == "causal");
+}
+
+TEST_CASE("configs: schema 2 decode and varlen workloads", "[config]") {
+  const auto all = load_model_configs(kSource + "/configs/models/llama3-8b.json");
+  REQUIRE(all.size() == 3);
+  CHECK(all[0].name == "llama3-8b");
+  CHECK(all[0].workload == "prefill");
+  const ModelConfig& dec = all[1];
+  const ModelConfig& vl = all[2];
+  CHECK(dec.name == "llama3-8b/decode");
+  CHECK(dec.workload == "decode");
+  CHECK(dec.nheads == 32);
+  CHECK(dec.nheads_k == 8);
+  CHECK(dec.head_dim == 128);
+  CHECK(dec.decode_shapes == std::vector<std::pair<int, int>>{{1, 131072}, {8, 16384}, {64, 4096}});
+  CHECK(dec.page_sizes == std::vector<int>{16, 256});
+  CHECK(dec.modes == std::vector<std::string>{"fwd"});
+  const auto dw = expand_workloads(dec, {});
+  REQUIRE(dw.size() == 3 * 2);
+  CHECK(dw[0].kind == "decode");
+  CHECK(dw[0].batch == 1);
+  CHECK(dw[0].seqlen == 131072);
+  CHECK(dw[1].page_size == 256);
+  WorkloadFilter f;
+  f.max_seqlen = 16384;
+  CHECK(expand_workloads(dec, f).size() == 2 * 2);
+  f.modes = {"bwd"};
+  CHECK(expand_workloads(dec, f).empty());
+  CHECK(vl.workload == "varlen");
+  const auto vw = expand_workloads(vl, {});
+  REQUIRE(vw.size() == 2 * vl.varlen_batches.size());
+  CHECK(vw[0].batch == static_cast<int>(vw[0].varlen.size()));
+  CHECK(vw[0].seqlen == *std::max_element(vw[0].varlen.begin(), vw[0].varlen.end()));
+
+  // FLOPs: varlen = the sum over its sequences by the one convention; decode counts
+  // 1 x (cache_len + 1) pairs (one causal row masks nothing); decode bytes = the KV-cache read.
+  const BenchCase vc = bench_case_of(vw[0], "fwd");
+  double sum = 0;
+  for (int s : vw[0].varlen) {
+    FlopShape fs;
+    fs.seqlen_q = fs.seqlen_k = s;
+    fs.nheads = 32;
+    fs.head_dim = 128;
+    fs.causal = true;
+    sum += attention_flops(fs, FlopMode::fwd);
+  }
+  CHECK(case_flops(vc) == Approx(sum));
+  CHECK(case_flops(bench_case_of(vw[0], "bwd")) == Approx(2.5 * sum));
+  const BenchCase dc = bench_case_of(dw[4], "fwd");  // b64, cache 4096, page 16
+  CHECK(dc.batch == 64);
+  CHECK(case_flops(dc) == Approx(4.0 * 64 * 32 * 128 * 4097));
+  CHECK(case_bytes(dc) == Approx(2.0 * 64 * 4097 * 8 * 128 * 2));
+  CHECK(case_shape(dc) == "b64 sq1 cache4096 page16 splits0 h32 hk8 d128");
+  // bench --mode bwd leaves decode out.
+  CHECK(bench_cases(dw, {"bwd"}).empty());
+  CHECK(bench_cases(dw, {"fwd"}).size() == dw.size());
+
+  auto err = [](const std::string& text) {
+    TempJson t(text);
+    const std::string m = error_of([&] { load_model_configs(t.path); });
+    CHECK_THAT(m, Catch::Contains(t.path));
+    return m;
+  };
+  const std::string v2 =
+      R"({"schema_version": 2, "name": "m", "nheads": 4, "head_dim": 64, "dtype": "bf16", )";
+  CHECK(load_model_configs([&] {
+          static TempJson t(v2 + R"("workload": "decode", "decode": {"shapes": [[2, 100]]}})");
+          return t.path;
+        }())[0]
+            .page_sizes == std::vector<int>{0});
+  CHECK_THAT(
+      err(v2 + R"("workload": "decode", "decode": {"shapes": [[2, 100]]}, "modes": ["bwd"]})"),
+      Catch::Contains("key 'modes[0]'") && Catch::Contains("forward only"));
+  CHECK_THAT(err(v2 + R"("workload": "decode", "decode": {"shapes": [[2]]}})"),
+             Catch::Contains("key 'decode.shapes[0]'"));
+  CHECK_THAT(err(v2 + R"("workload": "decode", "decode": {"shapes": [[2, 9]], "pages": [1]}})"),
+             Catch::Contains("key 'decode.pages'"));
+  CHECK_THAT(err(v2 + R"("workload": "decode", "seqlens": [4], "decode": {"shapes": [[2, 9]]}})"),
+             Catch::Contains("key 'seqlens'") && Catch::Contains("not used"));
+  CHECK_THAT(err(v2 + R"("workload": "varlen", "modes": ["fwd"]})"),
+             Catch::Contains("key 'varlen'") && Catch::Contains("missing"));
+  CHECK_THAT(
+      err(v2 + R"("workload": "varlen", "modes": ["fwd"], "varlen": {"batches": [[3, 0]]}})"),
+      Catch::Contains("key 'varlen.batches[0][1]'"));
+  CHECK_THAT(
+      err(v2 +
+          R"("batch_sizes": [1], "seqlens": [8], "modes": ["fwd"], "decode": {"shapes": [[1, 2]]}})"),
+      Catch::Contains("key 'decode'") && Catch::Contains("prefill"));
+  CHECK_THAT(err(R"({"schema_version": 1, "name": "m", "nheads": 4, "head_dim": 64, "dtype": "bf16",
+                     "batch_sizes": [1], "seqlens": [8], "modes": ["fwd"],
+                     "workloads": [{"name": "d", "workload": "decode", "decode": {"shapes": [[1, 2]]}}]})"),
+             Catch::Contains("key 'workloads'") && Catch::Contains("schema_version 2"));
+  CHECK_THAT(err(v2 + R"("batch_sizes": [1], "seqlens": [8], "modes": ["fwd"],
+                     "workloads": [{"name": "d", "workload": "decode", "decode": {"shapes": [[1, 2]]}, "nheads": 2}]})"),
+             Catch::Contains("key 'workloads[0].nheads'"));
 }
 
 TEST_CASE("flops: the one convention", "[flops]") {
@@ -259,6 +355,58 @@ TEST_CASE("suites: the shipped suites load and ci covers every option", "[suite]
   for (Layout l : {Layout::qkvpacked, Layout::kv_in_cache})
     CHECK(any([l](const Case& c) { return c.layout == l && c.bwd; }));
   CHECK(any([](const Case& c) { return c.deterministic; }));
+  // Variable-length batches, the KV cache and dropout (suite fields of docs/VERIFY.md).
+  CHECK(any([](const Case& c) { return !c.varlen.empty() && c.bwd && c.dropout > 0; }));
+  CHECK(any([](const Case& c) {
+    return std::any_of(c.varlen.begin(), c.varlen.end(),
+                       [](const std::pair<int, int>& s) { return s.first == 0 || s.second == 0; });
+  }));
+  CHECK(any([](const Case& c) { return !c.varlen.empty() && c.num_splits > 1; }));
+  CHECK(any([](const Case& c) { return c.kvcache && c.page_size == 0 && c.new_keys > 0; }));
+  CHECK(any([](const Case& c) { return c.kvcache && c.page_size > 0 && c.page_size % 256 != 0; }));
+  CHECK(any([](const Case& c) { return c.kvcache && c.rotary > 0 && c.rotary_interleaved; }));
+  CHECK(any([](const Case& c) { return c.kvcache && c.rotary > 0 && !c.rotary_interleaved; }));
+  CHECK(any([](const Case& c) { return c.kvcache && c.num_splits > 1; }));
+  CHECK(any([](const Case& c) { return c.dropout > 0 && c.varlen.empty() && c.bwd; }));
+}
+
+TEST_CASE("suites: varlen, kvcache and dropout cases", "[suite]") {
+  TempJson t(R"({
+    "schema_version": 1, "name": "t",
+    "defaults": {"head_dim": 32, "dtype": "fp16"},
+    "matrices": [{"name": "kv", "set": {"kvcache": true, "cache_len": 20, "seqlen_q": 1},
+                  "axes": {"page_size": [0, 8], "new_keys": [0, 2], "mode": ["fwd", "bwd"]}}],
+    "cases": [{"varlen": [3, [4, 9], [0, 2]], "causal": true, "dropout": 0.25, "mode": "bwd"},
+              {"kvcache": true, "cache_len": 10, "new_keys": 2, "rotary": 16, "rotary_interleaved": true,
+               "num_splits": 3}]
+  })");
+  const Suite s = load_suite(t.path, Backend::cpu);
+  REQUIRE(s.cases.size() == 2 * 2 * 2 + 2);
+  const Case& vl = s.cases[8];
+  CHECK(vl.name == "cases/bwd_fp16_b3_sq4_sk9_h2_d32_causal_drop0.25_varlen3.4x9.0x2");
+  CHECK(vl.batch == 3);
+  CHECK(vl.varlen == std::vector<std::pair<int, int>>{{3, 3}, {4, 9}, {0, 2}});
+  CHECK(s.cases[9].name == "cases/fwd_fp16_b1_sq16_sk12_h2_d32_kv10_new2_rot16i_split3");
+  int excluded = 0;
+  for (const Case& c : s.cases)
+    if (!c.excluded.empty()) {
+      ++excluded;
+      CHECK(c.bwd);
+      CHECK_THAT(c.excluded, Catch::Contains("forward only"));
+    }
+  CHECK(excluded == 4);
+  auto err = [](const std::string& cases) {
+    TempJson bad(R"({"schema_version": 1, "name": "t", "cases": [)" + cases + "]}");
+    const std::string m = error_of([&] { load_suite(bad.path, Backend::cpu); });
+    CHECK_THAT(m, Catch::Contains(bad.path));
+    return m;
+  };
+  CHECK_THAT(err(R"({"kvcache": true, "rotary": 16})"), Catch::Contains("rotary needs new_keys"));
+  CHECK_THAT(err(R"({"page_size": 16})"), Catch::Contains("need kvcache"));
+  CHECK_THAT(err(R"({"kvcache": true, "dropout": 0.1})"), Catch::Contains("no dropout"));
+  CHECK_THAT(err(R"({"varlen": [1, [2]]})"), Catch::Contains("key 'cases[0].varlen[1]'"));
+  CHECK_THAT(err(R"({"dropout": 1.5})"), Catch::Contains("key 'cases[0].dropout'"));
+  CHECK_THAT(err(R"({"num_splits": 2})"), Catch::Contains("num_splits needs varlen or kvcache"));
 }
 
 TEST_CASE("suites: matrices, exclusions, known failures", "[suite]") {
