@@ -11,6 +11,7 @@
 #include "flashplus/api.h"
 #include "flashplus/runtime.h"
 #include "flashplus/tuning.h"
+#include "verify.h"
 
 using namespace flashplus;
 using namespace flashplus::benchtest;
@@ -245,3 +246,26 @@ TEST_CASE("autotune: Ctrl-C keeps the keys already finished", "[autotune][cli]")
   }
 }
 #endif
+
+TEST_CASE("verify: an override for a backward case reaches the backward, not its forward",
+          "[autotune]") {
+  // On a GPU a backward tile need not exist as a forward tile; the check that autotune runs
+  // must run the set-up forward with the library's own choice. A tile no pass has shows it: the
+  // forward succeeds and only the backward answers no_instance.
+  cli::Case c;
+  c.name = "cases/override_reaches_bwd";
+  c.seqlen_q = c.seqlen_k = 33;
+  c.head_dim = 16;
+  c.bwd = true;
+  cli::VerifyOptions vo;
+  vo.backend = Backend::cpu;
+  vo.seed = 3;
+  const KernelConfig bogus{48, 80};
+  vo.config_override = &bogus;
+  const cli::CaseResult r = cli::run_case(c, vo);
+  INFO(r.unsupported);
+  CHECK(r.unsupported.rfind("mha_bwd", 0) == 0);
+  c.bwd = false;  // a forward-only case: the override goes to the forward
+  const cli::CaseResult f = cli::run_case(c, vo);
+  CHECK(f.unsupported.rfind("mha_fwd", 0) == 0);
+}
