@@ -138,6 +138,14 @@ TuneKey case_key(const BenchCase& c, Backend be, const std::string& pass) {
   k.head_dim_bucket = head_dim_bucket(c.model->head_dim);
   k.mask = mask_kind_for(c.model->causal, c.model->window_left, c.model->window_right);
   k.mode = pass;
+  // Query rows, as tune_key_of() counts them for the library's call.
+  long long rows_per_head = static_cast<long long>(c.batch) * c.seqlen;
+  if (c.kind == "decode") rows_per_head = static_cast<long long>(c.batch) * c.model->decode_seqlen_q;
+  if (c.kind == "varlen") {
+    rows_per_head = 0;
+    for (int n : c.varlen) rows_per_head += n;
+  }
+  k.rows_bucket = rows_bucket(rows_per_head * c.model->nheads);
   return k;
 }
 

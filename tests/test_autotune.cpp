@@ -61,7 +61,7 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 std::string table_json(const std::string& fp, const std::string& key, int bm, int bn) {
-  return R"({"schema_version": 1, "fingerprint": ")" + fp + R"(", "entries": {")" + key +
+  return R"({"schema_version": 2, "fingerprint": ")" + fp + R"(", "entries": {")" + key +
          R"(": {"config": {"block_m": )" + std::to_string(bm) + R"(, "block_n": )" +
          std::to_string(bn) + "}}}}";
 }
@@ -133,7 +133,7 @@ TEST_CASE("cpu: a tuned table entry changes the configuration the kernel runs wi
   ro.backend = Backend::cpu;
   KernelConfig used;
 
-  use_table(t.write("a.json", table_json(fp, "cpu/fp32/d64/causal/fwd", 32, 128)).c_str());
+  use_table(t.write("a.json", table_json(fp, "cpu/fp32/d64/causal/fwd/r12", 32, 128)).c_str());
   REQUIRE(p.fwd(ro).ok());
   REQUIRE(runtime::last_kernel_config(Backend::cpu, &used));
   CHECK(used == KernelConfig{32, 128});
@@ -150,7 +150,7 @@ TEST_CASE("cpu: a tuned table entry changes the configuration the kernel runs wi
   ro.config_override = nullptr;
 
   // An entry the backend has no instance for: warning, then the default (never a failure).
-  use_table(t.write("b.json", table_json(fp, "cpu/fp32/d64/causal/fwd", 96, 48)).c_str());
+  use_table(t.write("b.json", table_json(fp, "cpu/fp32/d64/causal/fwd/r12", 96, 48)).c_str());
   REQUIRE(p.fwd(ro).ok());
   REQUIRE(runtime::last_kernel_config(Backend::cpu, &used));
   CHECK(used != KernelConfig{96, 48});
@@ -165,7 +165,7 @@ TEST_CASE("autotune writes a table, merges into an existing one and keeps other 
   const std::string cfg = t.write("tiny.json", tiny_model());
   const std::string out = t.file("table.json");
   // An existing table with a key this run does not touch.
-  t.write("table.json", table_json(fp, "cpu/bf16/d128/none/fwd", 64, 64));
+  t.write("table.json", table_json(fp, "cpu/bf16/d128/none/fwd/r12", 64, 64));
   const std::string base =
       "autotune --config '" + cfg + "' --backend cpu --min-time 0 --max-time 0.02 ";
   const std::string args = base + "--out '" + out + "' ";
@@ -176,9 +176,9 @@ TEST_CASE("autotune writes a table, merges into an existing one and keeps other 
   TunedTable tt;
   REQUIRE(TunedTable::load(out, &tt).ok());
   CHECK(tt.fingerprint == fp);
-  CHECK(tt.entries().count("cpu/bf16/d128/none/fwd") == 1);  // kept
+  CHECK(tt.entries().count("cpu/bf16/d128/none/fwd/r12") == 1);  // kept
   TuneKey k;
-  REQUIRE(TuneKey::parse("cpu/fp32/d32/causal/fwd", &k));
+  REQUIRE(TuneKey::parse("cpu/fp32/d32/causal/fwd/r12", &k));
   const TunedEntry* e = tt.find(k);
   REQUIRE(e);
   CHECK(e->time_ms > 0);
@@ -187,7 +187,7 @@ TEST_CASE("autotune writes a table, merges into an existing one and keeps other 
   CHECK(e->workload == "b1 sq64 sk64 h2 hk1 d32");
   const auto cands = runtime::tuning_candidates(Backend::cpu, k);
   CHECK(std::find(cands.begin(), cands.end(), e->config) != cands.end());
-  REQUIRE(TuneKey::parse("cpu/fp32/d32/causal/bwd", &k));
+  REQUIRE(TuneKey::parse("cpu/fp32/d32/causal/bwd/r12", &k));
   CHECK(tt.find(k));
 
   // A second run with --mode fwd only rewrites that key and keeps the rest.
@@ -211,7 +211,7 @@ TEST_CASE("autotune writes a table, merges into an existing one and keeps other 
   CHECK(r.code == 2);
   CHECK_THAT(t.read("err"), Catch::Contains("refusing to overwrite"));
   CHECK(t.read("bad.json") == "{ not json");
-  t.write("foreign.json", table_json("sm_90-132sm", "sm_90/bf16/d128/none/fwd", 128, 64));
+  t.write("foreign.json", table_json("sm_90-132sm", "sm_90/bf16/d128/none/fwd/r20", 128, 64));
   r = run_flashplus(base + "--out '" + t.file("foreign.json") + "'", "", t.file("err"));
   CHECK(r.code == 2);
   CHECK_THAT(t.read("err"), Catch::Contains("fingerprint"));

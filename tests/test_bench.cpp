@@ -62,7 +62,7 @@ TEST_CASE("bench: FLOPs follow flops.h and bytes count each tensor once", "[benc
   c.mode = "bwd";
   CHECK(case_bytes(c) == Approx(4 * q + 4 * kv + lse));
   const TuneKey k = case_key(c, Backend::cpu, "bwd");
-  CHECK(k.to_string() == "cpu/bf16/d64/causal/bwd");
+  CHECK(k.to_string() == "cpu/bf16/d64/causal/bwd/r12");
   m.window_left = 16;
   CHECK(case_key(c, Backend::cpu, "fwd").mask == MaskKind::window);
 }
@@ -154,7 +154,7 @@ TEST_CASE("bench: JSON and CSV outputs, peaks not measured then cached", "[bench
   CHECK_FALSE(j["cases"][1]["kernel_config"].contains("fwd"));
   CHECK(j["cases"][2]["kernel_config"].contains("fwd"));
   CHECK(j["cases"][2]["kernel_config"].contains("bwd"));
-  CHECK(j["cases"][0]["tune_keys"]["fwd"] == "cpu/fp32/d32/causal/fwd");
+  CHECK(j["cases"][0]["tune_keys"]["fwd"] == "cpu/fp32/d32/causal/fwd/r12");
 
   const std::string csv = t.read("b.csv");
   CHECK(csv.rfind(std::string(bench_csv_header()) + "\n", 0) == 0);

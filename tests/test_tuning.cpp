@@ -21,10 +21,10 @@ fs::path temp_dir() {
 }
 
 const char* kGood = R"({
-  "schema_version": 1, "device": "Test GPU", "fingerprint": "sm_90-132sm",
+  "schema_version": 2, "device": "Test GPU", "fingerprint": "sm_90-132sm",
   "git_revision": "abc", "created": "2026-11-25",
   "entries": {
-    "sm_90/bf16/d128/causal/fwd": {"kernel": "fwd_sm90_bf16_d128_m128n64w4",
+    "sm_90/bf16/d128/causal/fwd/r20": {"kernel": "fwd_sm90_bf16_d128_m128n64w4",
       "config": {"block_m": 128, "block_n": 64, "num_warps": 4, "stages": 2},
       "time_ms": 1.5, "runner_up": "fwd_sm90_bf16_d128_m64n64w4", "runner_up_ms": 1.9}
   }
@@ -44,19 +44,26 @@ TuneKey key128() {
 
 TEST_CASE("kernel keys round-trip and reject junk", "[tuning]") {
   TuneKey k = key128();
-  CHECK(k.to_string() == "sm_90/bf16/d128/causal/fwd");
+  CHECK(k.to_string() == "sm_90/bf16/d128/causal/fwd/r20");
   TuneKey back;
   REQUIRE(TuneKey::parse(k.to_string(), &back));
   CHECK(back.to_string() == k.to_string());
   for (const char* junk : {"", "sm_90", "sm_90/bf16/d128/causal", "sm_90/int8/d128/none/fwd",
                            "sm_90/bf16/d100/none/fwd", "sm_90/bf16/dx/none/fwd",
                            "sm_90/bf16/d128/diagonal/fwd", "sm_90/bf16/d128/none/both",
+                           "sm_90/bf16/d128/none/fwd/r13", "sm_90/bf16/d128/none/fwd/r",
                            "/bf16/d128/none/fwd"})
     CHECK_FALSE(TuneKey::parse(junk, &back));
   CHECK(head_dim_bucket(1) == 32);
   CHECK(head_dim_bucket(64) == 64);
   CHECK(head_dim_bucket(65) == 96);
   CHECK(head_dim_bucket(256) == 256);
+  CHECK(rows_bucket(1) == 12);
+  CHECK(rows_bucket(4096) == 12);
+  CHECK(rows_bucket(4097) == 14);
+  CHECK(rows_bucket(16384) == 14);  // llama 7B, one 512-token sequence: 32 heads x 512
+  CHECK(rows_bucket(1 << 18) == 18);
+  CHECK(rows_bucket(1LL << 40) == 20);
 }
 
 TEST_CASE("a good table parses and finds its entries", "[tuning]") {
@@ -91,7 +98,7 @@ TEST_CASE("bad tables are rejected with the file, the key and the reason", "[tun
   std::vector<Bad> cases = {
       {"{not json", "bad.json: not valid JSON"},
       {"[]", "must be a JSON object"},
-      {replace("\"schema_version\": 1", "\"schema_version\": 7"), "schema_version"},
+      {replace("\"schema_version\": 2", "\"schema_version\": 1"), "schema_version"},
       {replace("\"device\"", "\"devise\""), "devise: unknown key"},
       {replace("sm_90/bf16/d128/causal/fwd", "sm_90/bf16/d128/causal"), "not a kernel key"},
       {replace("\"block_m\": 128", "\"block_m\": -4"), "block_m: must be in 0..1024"},

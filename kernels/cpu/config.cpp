@@ -41,12 +41,7 @@ KernelConfig tile_config(const AttnParams& p, const RunOptions& opts, const char
   if (opts.config_override) {
     c = with_defaults(*opts.config_override);
   } else {
-    TuneKey key;
-    key.arch = "cpu";
-    key.dtype = p.dtype;
-    key.head_dim_bucket = head_dim_bucket(p.head_dim);
-    key.mask = mask_kind_of(p);
-    key.mode = mode;
+    const TuneKey key = tune_key_of(p, "cpu", mode);
     bool from_table = false;
     c = with_defaults(choose_config(cpu_fingerprint(), key, heuristic, &from_table));
     if (from_table && !tile_supported(c.block_m, c.block_n)) {

@@ -171,12 +171,7 @@ std::vector<KernelConfig> tc_configs(Pass pass, int head_dim) {
 
 // The tile to try first: the tuned table's entry for this kernel key, else the heuristic.
 KernelConfig pick_config(const AttnParams& p, const Device& dev, Pass pass) {
-  TuneKey key;
-  key.arch = dev.desc.arch;
-  key.dtype = p.dtype;
-  key.head_dim_bucket = head_dim_bucket(p.head_dim);
-  key.mask = mask_kind_of(p);
-  key.mode = pass == Pass::fwd ? "fwd" : "bwd";
+  const TuneKey key = tune_key_of(p, dev.desc.arch, pass == Pass::fwd ? "fwd" : "bwd");
   return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass));
 }
 

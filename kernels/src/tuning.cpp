@@ -35,15 +35,15 @@ MaskKind mask_kind_for(bool is_causal, int window_left, int window_right) {
 }
 
 std::string TuneKey::to_string() const {
-  return fmt::format("{}/{}/d{}/{}/{}", arch, dtype_name(dtype), head_dim_bucket,
-                     mask_kind_name(mask), mode);
+  return fmt::format("{}/{}/d{}/{}/{}/r{}", arch, dtype_name(dtype), head_dim_bucket,
+                     mask_kind_name(mask), mode, rows_bucket);
 }
 
 bool TuneKey::parse(const std::string& s, TuneKey* out) {
   std::vector<std::string> parts;
   std::stringstream ss(s);
   for (std::string p; std::getline(ss, p, '/');) parts.push_back(p);
-  if (parts.size() != 5 || parts[0].empty()) return false;
+  if (parts.size() != 6 || parts[0].empty()) return false;
   TuneKey k;
   k.arch = parts[0];
   bool dt = false;
@@ -65,6 +65,10 @@ bool TuneKey::parse(const std::string& s, TuneKey* out) {
   if (!mk) return false;
   if (parts[4] != "fwd" && parts[4] != "bwd") return false;
   k.mode = parts[4];
+  if (parts[5] != "r12" && parts[5] != "r14" && parts[5] != "r16" && parts[5] != "r18" &&
+      parts[5] != "r20")
+    return false;
+  k.rows_bucket = std::stoi(parts[5].substr(1));
   *out = k;
   return true;
 }
@@ -145,7 +149,7 @@ Status TunedTable::parse(const std::string& text, const std::string& origin, Tun
     const std::string where = "entries." + it.key();
     TuneKey key;
     if (!TuneKey::parse(it.key(), &key))
-      return bad(origin, where, "not a kernel key of the form arch/dtype/dNN/mask/mode");
+      return bad(origin, where, "not a kernel key of the form arch/dtype/dNN/mask/mode/rNN");
     const json& e = it.value();
     if (!e.is_object()) return bad(origin, where, "must be an object");
     FLASHPLUS_RETURN_IF_ERROR(check_keys(
@@ -242,7 +246,9 @@ const TunedEntry* TunedTable::find(const TuneKey& key) const {
 
 std::string device_fingerprint(const DeviceDesc& d) {
   if (d.backend == Backend::cpu) return "cpu-" + d.arch;
-  return fmt::format("{}-{}sm", d.arch, d.multiprocessors);
+  // Memory tells apart parts of one architecture and SM count (H100 SXM 80 GB vs H200 141 GB).
+  return fmt::format("{}-{}sm-{}g", d.arch, d.multiprocessors,
+                     (d.memory_bytes + (size_t{1} << 29)) >> 30);
 }
 
 std::string backend_fingerprint(Backend b) {

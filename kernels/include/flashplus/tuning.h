@@ -50,13 +50,38 @@ struct TuneKey {
   int head_dim_bucket = 128;  // head_dim_bucket(head_dim)
   MaskKind mask = MaskKind::none;
   std::string mode = "fwd";   // "fwd" | "bwd"
-  // "sm_90/bf16/d128/causal/fwd": the table's key string.
+  // Query rows of the call (batch * nheads * seqlen_q, or nheads * total_q), bucketed by
+  // rows_bucket(): small grids want other tiles than large ones (a 512-token batch of one
+  // sequence does not fill an H100 with 128-row tiles).
+  int rows_bucket = 20;
+  // "sm_90/bf16/d128/causal/fwd/r16": the table's key string.
   std::string to_string() const;
   static bool parse(const std::string& s, TuneKey* out);
 };
 
+// Query rows are tuned in buckets of powers of 4: r12 (<= 4096 rows), r14, r16, r18, r20 (more).
+inline int rows_bucket(long long rows) {
+  int b = 12;
+  while (b < 20 && rows > (1LL << b)) b += 2;
+  return b;
+}
+
 // Head dims are tuned in buckets of 32 (1..32 -> 32, 33..64 -> 64, ...).
 inline int head_dim_bucket(int head_dim) { return (head_dim + 31) / 32 * 32; }
+
+// The kernel key of a validated call on a device of architecture `arch` ("sm_90", "cpu").
+inline TuneKey tune_key_of(const AttnParams& p, const std::string& arch, const char* mode) {
+  TuneKey k;
+  k.arch = arch;
+  k.dtype = p.dtype;
+  k.head_dim_bucket = head_dim_bucket(p.head_dim);
+  k.mask = mask_kind_of(p);
+  k.mode = mode;
+  const long long rows_per_head =
+      p.is_varlen() ? p.total_q : static_cast<long long>(p.batch) * p.seqlen_q;
+  k.rows_bucket = rows_bucket(rows_per_head * p.nheads);
+  return k;
+}
 
 struct TunedEntry {
   KernelConfig config;
@@ -69,7 +94,7 @@ struct TunedEntry {
 
 class TunedTable {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 2: keys gained the rows bucket
 
   // Parse a table. Errors name the file and the offending key.
   static Status load(const std::string& path, TunedTable* out);
