@@ -55,7 +55,7 @@ fi
 if has autotune; then
   step "autotune llama7b + llama3-8b"
   timeout ${AUTOTUNE_TIMEOUT:-150} $FP autotune --backend cuda --config $CFG/models/llama7b.json \
-    --config $CFG/models/llama3-8b.json --out "$OUT/tuned.json" --budget ${AUTOTUNE_BUDGET:-120} \
+    --config $CFG/models/llama3-8b.json --out "$OUT/tuned.json" --budget ${AUTOTUNE_BUDGET:-120} ${AUTOTUNE_ARGS:-} \
     > "$OUT/autotune.log" 2>&1
   echo "rc=$?"; tail -15 "$OUT/autotune.log"
 fi
