@@ -1,4 +1,5 @@
 #include "bench.h"
+#include "git_revision.h"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -645,13 +646,7 @@ std::string utc_now_iso() {
   return buf;
 }
 
-std::string git_revision() {
-#ifdef FLASHPLUS_GIT_REVISION
-  return FLASHPLUS_GIT_REVISION;
-#else
-  return "unknown";
-#endif
-}
+std::string git_revision() { return FLASHPLUS_GIT_REVISION; }  // generated/git_revision.h
 
 std::string compiler_id() {
 #if defined(__clang__)

@@ -199,3 +199,19 @@ TEST_CASE("the active table falls back to heuristics on a corrupt or foreign tab
   reset_active_tables_for_testing();
   fs::remove_all(dir);
 }
+
+TEST_CASE("every committed tuned table loads and names its own fingerprint", "[tuning]") {
+  const fs::path dir = fs::path(FLASHPLUS_SOURCE_DIR) / "configs" / "tuned";
+  int n = 0;
+  for (const auto& f : fs::directory_iterator(dir)) {
+    if (f.path().extension() != ".json") continue;
+    ++n;
+    TunedTable t;
+    const Status st = TunedTable::load(f.path().string(), &t);
+    INFO(f.path() << ": " << st.to_string());
+    REQUIRE(st.ok());
+    CHECK(f.path().stem().string() == t.fingerprint);  // the library finds it by this name
+    CHECK_FALSE(t.entries().empty());
+  }
+  CHECK(n >= 1);
+}
