@@ -2,6 +2,8 @@
 // first, portable fallback on no_instance). One source for both vendors: compiled by nvcc it
 // defines flashplus::detail::cuda_ops(), compiled by hipcc (kernels/gpu/CMakeLists.txt) it
 // defines hip_ops(). Every runtime call is checked and mapped to Status::Runtime.
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
@@ -14,6 +16,10 @@
 #include "gpu/heuristics.h"
 #include "platform/arch.h"
 #include "platform/gpu_runtime.h"
+
+#if !FLASHPLUS_VENDOR_HIP
+#include <cublas_v2.h>  // types and signatures only: cuBLAS is loaded at run time (dlopen)
+#endif
 
 #if FLASHPLUS_VENDOR_HIP
 #define FLASHPLUS_GPU_OPS_FN hip_ops
@@ -278,8 +284,11 @@ Status measure_copy_gbs(double* gbs) {
   std::vector<float> ms;
   const bool ready = gpuMalloc(&a, bytes) == gpuSuccess && gpuMalloc(&b, bytes) == gpuSuccess &&
                      gpuEventCreate(&e0) == gpuSuccess && gpuEventCreate(&e1) == gpuSuccess;
+  const gpuError_t setup_err = ready ? gpuSuccess : gpuGetLastError();
   const Status st = ready ? time_copies(a, b, bytes, 5, e0, e1, &ms)
-                          : platform::gpu_status(gpuGetLastError(), "copy bandwidth setup");
+                    : setup_err != gpuSuccess
+                        ? platform::gpu_status(setup_err, "copy bandwidth setup")
+                        : Status::Runtime("copy bandwidth setup failed");
   if (e0) (void)gpuEventDestroy(e0);
   if (e1) (void)gpuEventDestroy(e1);
   if (a) (void)gpuFree(a);
@@ -289,6 +298,68 @@ Status measure_copy_gbs(double* gbs) {
   *gbs = 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
   return Status::Ok();
 }
+
+#if !FLASHPLUS_VENDOR_HIP
+// Dense matmul throughput of device 0: the vendor's bf16 GEMM (cuBLAS, fp32 accumulation),
+// 8192^3, median of 10 after 2 warm-ups, as peer_bench.py measures it through PyTorch. cuBLAS is
+// opened at run time so the library never links it; without it the peak is "not measured".
+Status measure_matmul_tflops(double* tflops) {
+  if (device_table().empty())
+    return Status::Unsupported(std::string("no ") + FLASHPLUS_VENDOR_NAME + " device");
+  void* lib = nullptr;
+  for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+    if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+  if (lib == nullptr) return Status::Unsupported("cuBLAS (libcublas.so) not found to measure the matmul peak");
+  auto create = reinterpret_cast<decltype(&cublasCreate_v2)>(dlsym(lib, "cublasCreate_v2"));
+  auto destroy = reinterpret_cast<decltype(&cublasDestroy_v2)>(dlsym(lib, "cublasDestroy_v2"));
+  using GemmEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int,
+                                    int, const void*, const void*, cudaDataType, int, const void*,
+                                    cudaDataType, int, const void*, void*, cudaDataType, int,
+                                    cublasComputeType_t, cublasGemmAlgo_t);
+  auto gemm = reinterpret_cast<GemmEx>(dlsym(lib, "cublasGemmEx"));
+  if (!create || !destroy || !gemm) {
+    dlclose(lib);
+    return Status::Unsupported("cuBLAS lacks cublasGemmEx");
+  }
+  const int n = 8192;
+  const size_t bytes = size_t{n} * n * 2;
+  void *a = nullptr, *b = nullptr, *c = nullptr;
+  gpuEvent_t e0 = nullptr, e1 = nullptr;
+  cublasHandle_t h = nullptr;
+  std::vector<float> ms;
+  const bool ready = gpuMalloc(&a, bytes) == gpuSuccess && gpuMalloc(&b, bytes) == gpuSuccess &&
+                     gpuMalloc(&c, bytes) == gpuSuccess &&
+                     gpuMemset(a, 0x3c, bytes) == gpuSuccess &&  // bf16 0x3c3c ~ 0.0115, not 0
+                     gpuMemset(b, 0x3d, bytes) == gpuSuccess &&
+                     gpuEventCreate(&e0) == gpuSuccess && gpuEventCreate(&e1) == gpuSuccess &&
+                     create(&h) == CUBLAS_STATUS_SUCCESS;
+  const float one = 1.f, zero = 0.f;
+  bool ok = ready;
+  for (int i = 0; ok && i < 12; ++i) {
+    float t = 0.f;
+    ok = gpuEventRecord(e0, nullptr) == gpuSuccess &&
+         gemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
+              &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) ==
+             CUBLAS_STATUS_SUCCESS &&
+         gpuEventRecord(e1, nullptr) == gpuSuccess && gpuEventSynchronize(e1) == gpuSuccess &&
+         gpuEventElapsedTime(&t, e0, e1) == gpuSuccess;
+    if (ok && i >= 2) ms.push_back(t);
+  }
+  const gpuError_t err = gpuGetLastError();
+  if (h) destroy(h);
+  if (e0) (void)gpuEventDestroy(e0);
+  if (e1) (void)gpuEventDestroy(e1);
+  for (void* p : {a, b, c})
+    if (p) (void)gpuFree(p);
+  dlclose(lib);
+  if (!ok || ms.empty())
+    return err != gpuSuccess ? platform::gpu_status(err, "cuBLAS bf16 GEMM for the matmul peak")
+                             : Status::Runtime("cuBLAS bf16 GEMM for the matmul peak failed");
+  std::sort(ms.begin(), ms.end());
+  *tflops = 2.0 * n * double(n) * n / (ms[ms.size() / 2] * 1e-3) / 1e12;
+  return Status::Ok();
+}
+#endif
 
 Status alloc(size_t bytes, void** ptr) {
   *ptr = nullptr;
@@ -371,7 +442,11 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       gpu::timer_start,    gpu::timer_stop_ms,
       /*features=*/0,
       /*measure_copy_gbs=*/gpu::measure_copy_gbs,
-      /*measure_matmul_tflops=*/nullptr,  // no GEMM of our own on the GPU yet
+#if FLASHPLUS_VENDOR_HIP
+      /*measure_matmul_tflops=*/nullptr,  // no rocBLAS loader yet
+#else
+      /*measure_matmul_tflops=*/gpu::measure_matmul_tflops,
+#endif
       /*candidates=*/gpu::candidates,
       /*last_config=*/gpu::last_config,
   };
