@@ -76,6 +76,27 @@ Strides3 strides_of(const TensorView& t) {
   return {t.stride[0], t.stride[1], t.stride[2]};
 }
 
+// The sizes and q/k/v tensors every mode records the same way (seqlens are the fixed lengths,
+// or the maxima/capacity of varlen and kv-cache calls).
+void fill_qkv(const TensorView& q, const TensorView& k, const TensorView& v, int64_t b,
+              int64_t sq, int64_t sk, int64_t h, int64_t hk, int64_t d, AttnParams* p) {
+  p->batch = static_cast<int>(b);
+  p->seqlen_q = static_cast<int>(sq);
+  p->seqlen_k = static_cast<int>(sk);
+  p->nheads = static_cast<int>(h);
+  p->nheads_k = static_cast<int>(hk);
+  p->head_dim = static_cast<int>(d);
+  p->dtype = q.dtype;
+  p->device = q.device;
+  p->device_index = q.device_index;
+  p->q = q.data;
+  p->k = k.data;
+  p->v = v.data;
+  p->q_stride = strides_of(q);
+  p->k_stride = strides_of(k);
+  p->v_stride = strides_of(v);
+}
+
 // Optional per-sequence int32 vectors (cu_seqlens, seqused_k, cache_seqlens, ...): 1-d,
 // contiguous, int32, on q's device, length n.
 Status check_int_vec(const char* name, const TensorView& t, const TensorView& q, int64_t n) {
@@ -206,21 +227,7 @@ Status fill_common(const TensorView& q, const TensorView& k, const TensorView& v
   FLASHPLUS_RETURN_IF_ERROR(check_bshd("k", k, q, q.dtype, {b, sk, hk, d}));
   FLASHPLUS_RETURN_IF_ERROR(check_bshd("v", v, q, q.dtype, {b, sk, hk, d}));
 
-  p->batch = static_cast<int>(b);
-  p->seqlen_q = static_cast<int>(sq);
-  p->seqlen_k = static_cast<int>(sk);
-  p->nheads = static_cast<int>(h);
-  p->nheads_k = static_cast<int>(hk);
-  p->head_dim = static_cast<int>(d);
-  p->dtype = q.dtype;
-  p->device = q.device;
-  p->device_index = q.device_index;
-  p->q = q.data;
-  p->k = k.data;
-  p->v = v.data;
-  p->q_stride = strides_of(q);
-  p->k_stride = strides_of(k);
-  p->v_stride = strides_of(v);
+  fill_qkv(q, k, v, b, sq, sk, h, hk, d, p);
   return fill_options(q, alibi_slopes, p_dropout, softmax_scale, is_causal, window_size_left,
                       window_size_right, softcap, p);
 }
@@ -444,23 +451,9 @@ Status fill_varlen_common(const TensorView& q, const TensorView& k, const Tensor
                                               static_cast<int>(b), tk, max_seqlen_k, "max_seqlen_k"));
   }
 
-  p->batch = static_cast<int>(b);
-  p->seqlen_q = max_seqlen_q;
-  p->seqlen_k = max_seqlen_k;
+  fill_qkv(q, k, v, b, max_seqlen_q, max_seqlen_k, h, hk, d, p);
   p->total_q = static_cast<int>(tq);
   p->total_k = static_cast<int>(tk);
-  p->nheads = static_cast<int>(h);
-  p->nheads_k = static_cast<int>(hk);
-  p->head_dim = static_cast<int>(d);
-  p->dtype = q.dtype;
-  p->device = q.device;
-  p->device_index = q.device_index;
-  p->q = q.data;
-  p->k = k.data;
-  p->v = v.data;
-  p->q_stride = strides_of(q);
-  p->k_stride = strides_of(k);
-  p->v_stride = strides_of(v);
   p->cu_seqlens_q = ints(cu_seqlens_q);
   p->cu_seqlens_k = ints(cu_seqlens_k);
   p->zero_tensors = zero_tensors;
@@ -701,23 +694,9 @@ Status make_kvcache_params(const TensorView& q, const TensorView& kcache,
     p->rotary_interleaved = is_rotary_interleaved;
   }
 
-  p->batch = static_cast<int>(b);
-  p->seqlen_q = static_cast<int>(sq);
-  p->seqlen_k = static_cast<int>(capacity);
-  p->nheads = static_cast<int>(h);
-  p->nheads_k = static_cast<int>(hk);
-  p->head_dim = static_cast<int>(d);
-  p->dtype = q.dtype;
-  p->device = q.device;
-  p->device_index = q.device_index;
-  p->q = q.data;
-  p->k = kcache.data;
-  p->v = vcache.data;
+  fill_qkv(q, kcache, vcache, b, sq, capacity, h, hk, d, p);
   p->kcache = kcache.data;
   p->vcache = vcache.data;
-  p->q_stride = strides_of(q);
-  p->k_stride = strides_of(kcache);
-  p->v_stride = strides_of(vcache);
   p->out = out.data;
   p->out_stride = strides_of(out);
   p->softmax_lse = static_cast<float*>(softmax_lse.data);
