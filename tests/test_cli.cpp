@@ -11,6 +11,7 @@
 
 #include "flashplus/numerics.h"
 #include "flashplus_ref/reference.h"
+#include "cli_test_util.h"
 #include "npy.h"
 #include "verify.h"
 
@@ -24,51 +25,9 @@ namespace {
 
 const std::string kSource = FLASHPLUS_SOURCE_DIR;
 
-struct Result {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Result run_cli(const std::string& args, const std::string& cwd = "") {
-  std::string cmd = std::string("'") + FLASHPLUS_CLI_PATH + "' " + args + " 2>&1";
-  if (!cwd.empty()) cmd = "cd '" + cwd + "' && " + cmd;
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("flashplus_cli_test_" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  void write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(file(name), std::ios::binary) << bytes;
-  }
-  void write_npy(const std::string& name, const std::vector<float>& v,
-                 const std::vector<int64_t>& shape) const {
-    write(name, encode_npy(v.data(), shape));
-  }
-};
+using clitest::Result;
+using clitest::run_cli;
+using clitest::TempDir;
 
 // One line on stderr: "flashplus: error: ..." and nothing else.
 void check_one_line_error(const Result& r, int code, const std::string& needle) {

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "flashplus_ref/reference.h"
+#include "cli_test_util.h"
 #include "npy.h"
 #include "verify.h"
 
@@ -40,56 +41,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string output;
-};
-
-Result run_cli(const std::string& args, const std::string& cwd) {
-  const std::string cmd =
-      "cd '" + cwd + "' && '" + std::string(FLASHPLUS_CLI_PATH) + "' " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("flashplus_cli_kv_test_" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::string dir() const { return path.string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  void write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(file(name), std::ios::binary) << bytes;
-  }
-  void f32(const std::string& name, const std::vector<float>& v,
-           const std::vector<int64_t>& shape) const {
-    write(name, encode_npy(v.data(), shape));
-  }
-  void i32(const std::string& name, const std::vector<int32_t>& v,
-           const std::vector<int64_t>& shape) const {
-    write(name, encode_npy_int32(v.data(), shape));
-  }
-};
+using clitest::Result;
+using clitest::run_cli;
+using clitest::TempDir;
 
 void check_one_line_error(const Result& r, int code, const std::string& needle) {
   INFO(r.output);
@@ -131,12 +85,12 @@ TEST_CASE("cli: varlen fwd+bwd with dropout matches the reference", "[cli][varle
   const int TQ = 8, TK = 12, H = 4, HK = 2, D = 16;
   const auto q = rnd("q", TQ * H * D), k = rnd("k", TK * HK * D), v = rnd("v", TK * HK * D),
              dout = rnd("do", TQ * H * D);
-  d.f32("q.npy", q, {TQ, H, D});
-  d.f32("k.npy", k, {TK, HK, D});
-  d.f32("v.npy", v, {TK, HK, D});
-  d.f32("do.npy", dout, {TQ, H, D});
-  d.i32("cuq.npy", cuq, {4});
-  d.i32("cuk.npy", cuk, {4});
+  d.write_npy("q.npy", q, {TQ, H, D});
+  d.write_npy("k.npy", k, {TK, HK, D});
+  d.write_npy("v.npy", v, {TK, HK, D});
+  d.write_npy("do.npy", dout, {TQ, H, D});
+  d.write_npy_i32("cuq.npy", cuq, {4});
+  d.write_npy_i32("cuk.npy", cuk, {4});
   const Result r = run_cli(
       "run --q q.npy --k k.npy --v v.npy --cu-seqlens-q cuq.npy --cu-seqlens-k cuk.npy "
       "--out o.npy --lse l.npy --causal --dropout 0.25 --seed 7 --dropout-offset 3 "
@@ -174,7 +128,7 @@ TEST_CASE("cli: varlen fwd+bwd with dropout matches the reference", "[cli][varle
   CHECK(max_diff(ref::varlen_forward(p, to_d(q), to_d(k), to_d(v)).out, o.data) > 1e-2);
 
   // Forward with seqused_k, explicit max_seqlen and a split key sequence.
-  d.i32("used.npy", {2, 1, 5}, {3});
+  d.write_npy_i32("used.npy", {2, 1, 5}, {3});
   const Result u = run_cli(
       "run --q q.npy --k k.npy --v v.npy --cu-seqlens-q cuq.npy --cu-seqlens-k cuk.npy "
       "--seqused-k used.npy --max-seqlen-q 7 --max-seqlen-k 9 --num-splits 2 --window 2 0 "
@@ -198,10 +152,10 @@ TEST_CASE("cli: dense dropout fwd+bwd matches the reference", "[cli][dropout]") 
   const int B = 2, SQ = 5, SK = 7, H = 2, D = 16;
   const auto q = rnd("dq", B * SQ * H * D), k = rnd("dk", B * SK * H * D),
              v = rnd("dv", B * SK * H * D), dout = rnd("ddo", B * SQ * H * D);
-  d.f32("q.npy", q, {B, SQ, H, D});
-  d.f32("k.npy", k, {B, SK, H, D});
-  d.f32("v.npy", v, {B, SK, H, D});
-  d.f32("do.npy", dout, {B, SQ, H, D});
+  d.write_npy("q.npy", q, {B, SQ, H, D});
+  d.write_npy("k.npy", k, {B, SK, H, D});
+  d.write_npy("v.npy", v, {B, SK, H, D});
+  d.write_npy("do.npy", dout, {B, SQ, H, D});
   const Result r = run_cli(
       "run --q q.npy --k k.npy --v v.npy --out o.npy --lse l.npy --dropout 0.3 --seed 123 "
       "--dout do.npy --dq dq.npy --dk dk.npy --dv dv.npy",
@@ -242,15 +196,15 @@ TEST_CASE("cli: kv cache (paged, k_new, rotary, splits) matches the reference", 
       cos[pos * RD / 2 + j] = static_cast<float>(std::cos(th));
       sin[pos * RD / 2 + j] = static_cast<float>(std::sin(th));
     }
-  d.f32("q.npy", q, {B, SQ, H, D});
-  d.f32("kc.npy", kc, {NB, PAGE, HK, D});
-  d.f32("vc.npy", vc, {NB, PAGE, HK, D});
-  d.f32("kn.npy", kn, {B, NEW, HK, D});
-  d.f32("vn.npy", vn, {B, NEW, HK, D});
-  d.f32("cos.npy", cos, {CAP, RD / 2});
-  d.f32("sin.npy", sin, {CAP, RD / 2});
-  d.i32("table.npy", table, {B, MAXB});
-  d.i32("seqlens.npy", seqlens, {B});
+  d.write_npy("q.npy", q, {B, SQ, H, D});
+  d.write_npy("kc.npy", kc, {NB, PAGE, HK, D});
+  d.write_npy("vc.npy", vc, {NB, PAGE, HK, D});
+  d.write_npy("kn.npy", kn, {B, NEW, HK, D});
+  d.write_npy("vn.npy", vn, {B, NEW, HK, D});
+  d.write_npy("cos.npy", cos, {CAP, RD / 2});
+  d.write_npy("sin.npy", sin, {CAP, RD / 2});
+  d.write_npy_i32("table.npy", table, {B, MAXB});
+  d.write_npy_i32("seqlens.npy", seqlens, {B});
   for (const bool interleaved : {false, true}) {
     DYNAMIC_SECTION("interleaved " << interleaved) {
       const Result r = run_cli(
@@ -300,12 +254,12 @@ TEST_CASE("cli: kv cache, contiguous with cache_batch_idx and leftpad", "[cli][k
   const int B = 2, SQ = 1, H = 2, HK = 1, D = 16, BC = 3, CAP = 9;
   const auto q = rnd("cq", B * SQ * H * D), kc = rnd("ckc", BC * CAP * HK * D),
              vc = rnd("cvc", BC * CAP * HK * D);
-  d.f32("q.npy", q, {B, SQ, H, D});
-  d.f32("kc.npy", kc, {BC, CAP, HK, D});
-  d.f32("vc.npy", vc, {BC, CAP, HK, D});
-  d.i32("seqlens.npy", {6, 9}, {B});
-  d.i32("idx.npy", {2, 0}, {B});
-  d.i32("lp.npy", {1, 3}, {B});
+  d.write_npy("q.npy", q, {B, SQ, H, D});
+  d.write_npy("kc.npy", kc, {BC, CAP, HK, D});
+  d.write_npy("vc.npy", vc, {BC, CAP, HK, D});
+  d.write_npy_i32("seqlens.npy", {6, 9}, {B});
+  d.write_npy_i32("idx.npy", {2, 0}, {B});
+  d.write_npy_i32("lp.npy", {1, 3}, {B});
   const Result r = run_cli(
       "run --q q.npy --k-cache kc.npy --v-cache vc.npy --cache-seqlens seqlens.npy "
       "--cache-batch-idx idx.npy --cache-leftpad lp.npy --out o.npy --lse l.npy --num-splits 1",
@@ -331,18 +285,18 @@ TEST_CASE("cli: kv cache, contiguous with cache_batch_idx and leftpad", "[cli][k
 TEST_CASE("cli: varlen/kvcache/dropout flag errors are one line, exit 2, no output",
           "[cli][kvcache][varlen]") {
   TempDir d;
-  d.f32("q.npy", rnd("eq", 8 * 2 * 16), {8, 2, 16});
-  d.f32("k.npy", rnd("ek", 8 * 2 * 16), {8, 2, 16});
-  d.f32("q4.npy", rnd("eq4", 2 * 1 * 2 * 16), {2, 1, 2, 16});
-  d.f32("kc.npy", rnd("ekc", 2 * 4 * 2 * 16), {2, 4, 2, 16});
-  d.i32("cu.npy", {0, 3, 8}, {3});
-  d.i32("cubad.npy", {1, 3, 8}, {3});
-  d.i32("cudec.npy", {0, 5, 3}, {3});
-  d.i32("culong.npy", {0, 3, 9}, {3});
-  d.f32("cuf.npy", {0, 3, 8}, {3});
-  d.i32("sl.npy", {2, 3}, {2});
-  d.i32("slbig.npy", {2, 5}, {2});
-  d.i32("tab.npy", {0, 7}, {2, 1});
+  d.write_npy("q.npy", rnd("eq", 8 * 2 * 16), {8, 2, 16});
+  d.write_npy("k.npy", rnd("ek", 8 * 2 * 16), {8, 2, 16});
+  d.write_npy("q4.npy", rnd("eq4", 2 * 1 * 2 * 16), {2, 1, 2, 16});
+  d.write_npy("kc.npy", rnd("ekc", 2 * 4 * 2 * 16), {2, 4, 2, 16});
+  d.write_npy_i32("cu.npy", {0, 3, 8}, {3});
+  d.write_npy_i32("cubad.npy", {1, 3, 8}, {3});
+  d.write_npy_i32("cudec.npy", {0, 5, 3}, {3});
+  d.write_npy_i32("culong.npy", {0, 3, 9}, {3});
+  d.write_npy("cuf.npy", {0, 3, 8}, {3});
+  d.write_npy_i32("sl.npy", {2, 3}, {2});
+  d.write_npy_i32("slbig.npy", {2, 5}, {2});
+  d.write_npy_i32("tab.npy", {0, 7}, {2, 1});
   {  // int64 cu_seqlens: rejected with the file's name
     std::string i64 = encode_npy_int32(std::vector<int32_t>{0, 0, 3, 0, 8, 0}.data(), {6});
     i64.replace(i64.find("<i4"), 3, "<i8");
