@@ -97,6 +97,21 @@ void fill_qkv(const TensorView& q, const TensorView& k, const TensorView& v, int
   p->v_stride = strides_of(v);
 }
 
+// The backward's tensors, recorded the same way by fixed-length and varlen calls (validated by
+// the caller).
+void fill_grads(const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                const TensorView& dv, bool deterministic, AttnParams* p) {
+  p->dout = dout.data;
+  p->dq = dq.data;
+  p->dk = dk.data;
+  p->dv = dv.data;
+  p->dout_stride = strides_of(dout);
+  p->dq_stride = strides_of(dq);
+  p->dk_stride = strides_of(dk);
+  p->dv_stride = strides_of(dv);
+  p->deterministic = deterministic;
+}
+
 // Optional per-sequence int32 vectors (cu_seqlens, seqused_k, cache_seqlens, ...): 1-d,
 // contiguous, int32, on q's device, length n.
 Status check_int_vec(const char* name, const TensorView& t, const TensorView& q, int64_t n) {
@@ -301,15 +316,7 @@ Status make_bwd_params(const TensorView& dout, const TensorView& q, const Tensor
   p->softmax_lse = static_cast<float*>(softmax_lse.data);
   p->lse_batch_stride = static_cast<int64_t>(p->nheads) * p->seqlen_q;
   p->lse_head_stride = p->seqlen_q;
-  p->dout = dout.data;
-  p->dq = dq.data;
-  p->dk = dk.data;
-  p->dv = dv.data;
-  p->dout_stride = strides_of(dout);
-  p->dq_stride = strides_of(dq);
-  p->dk_stride = strides_of(dk);
-  p->dv_stride = strides_of(dv);
-  p->deterministic = deterministic;
+  fill_grads(dout, dq, dk, dv, deterministic, p);
   return Status::Ok();
 }
 
@@ -561,15 +568,7 @@ Status make_varlen_bwd_params(const TensorView& dout, const TensorView& q, const
   p->out = out.data;
   p->out_stride = strides_of(out);
   p->softmax_lse = static_cast<float*>(softmax_lse.data);
-  p->dout = dout.data;
-  p->dq = dq.data;
-  p->dk = dk.data;
-  p->dv = dv.data;
-  p->dout_stride = strides_of(dout);
-  p->dq_stride = strides_of(dq);
-  p->dk_stride = strides_of(dk);
-  p->dv_stride = strides_of(dv);
-  p->deterministic = deterministic;
+  fill_grads(dout, dq, dk, dv, deterministic, p);
   return Status::Ok();
 }
 
