@@ -41,6 +41,27 @@ RunOptions forward_options(const RunOptions& ro, const Case& c) {
   return f;
 }
 
+// What the fixed-length and varlen reference problems share, from the case as the kernel runs it
+// (scale and softcap rounded to float, as the API takes them).
+template <class RefProblem>
+void set_ref_options(const Case& c, const std::vector<float>& slopes, RefProblem* p) {
+  p->nheads = c.nheads;
+  p->nheads_k = c.nheads_k;
+  p->head_dim = c.head_dim;
+  p->softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
+  p->causal = c.causal;
+  p->window_left = c.window_left;
+  p->window_right = c.window_right;
+  p->softcap = static_cast<double>(static_cast<float>(c.softcap));
+  p->alibi.assign(slopes.begin(), slopes.end());
+}
+template <class RefProblem>
+void set_ref_dropout(float p_dropout, const RunOptions& ro, RefProblem* p) {
+  p->p_dropout = p_dropout;
+  p->dropout_seed = ro.dropout_seed;
+  p->dropout_offset = ro.dropout_offset;
+}
+
 
 // splitmix64: tiny, fast, and identical on every platform (unlike std:: distributions).
 uint64_t splitmix(uint64_t& s) {
@@ -324,19 +345,9 @@ CaseResult run_varlen_case(const Case& c, const VerifyOptions& o) {
   p.total_k = static_cast<int>(TK);
   p.max_seqlen_q = c.seqlen_q;
   p.max_seqlen_k = c.seqlen_k;
-  p.nheads = c.nheads;
-  p.nheads_k = c.nheads_k;
-  p.head_dim = c.head_dim;
-  p.softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
-  p.causal = c.causal;
-  p.window_left = c.window_left;
-  p.window_right = c.window_right;
-  p.softcap = static_cast<double>(static_cast<float>(c.softcap));
-  p.alibi.assign(slopes.begin(), slopes.end());
+  set_ref_options(c, slopes, &p);
   const auto pd = static_cast<float>(c.dropout);
-  p.p_dropout = pd;
-  p.dropout_seed = ro.dropout_seed;
-  p.dropout_offset = ro.dropout_offset;
+  set_ref_dropout(pd, ro, &p);
   const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
   const bool cap = c.softcap > 0;
   const auto scale = static_cast<float>(c.scale), softcap = static_cast<float>(c.softcap);
@@ -623,18 +634,8 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   p.batch = c.batch;
   p.seqlen_q = c.seqlen_q;
   p.seqlen_k = c.seqlen_k;
-  p.nheads = c.nheads;
-  p.nheads_k = c.nheads_k;
-  p.head_dim = c.head_dim;
-  p.softmax_scale = c.scale > 0 ? static_cast<double>(static_cast<float>(c.scale)) : 0.0;
-  p.causal = c.causal;
-  p.window_left = c.window_left;
-  p.window_right = c.window_right;
-  p.softcap = static_cast<double>(static_cast<float>(c.softcap));
-  p.alibi.assign(slopes.begin(), slopes.end());
-  p.p_dropout = p_drop;
-  p.dropout_seed = ro.dropout_seed;
-  p.dropout_offset = ro.dropout_offset;
+  set_ref_options(c, slopes, &p);
+  set_ref_dropout(p_drop, ro, &p);
   const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
 
   auto problem = [&](const std::string& m) { r.problems.push_back(m); };
