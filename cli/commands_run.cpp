@@ -50,6 +50,7 @@ struct RunArgs {
   bool dropout_given = false;
   uint64_t seed = 0, dropout_offset = 0;
   bool seed_given = false, offset_given = false;
+  std::string s_dmask;  // return_softmax: S_dmask output (.npy)
   // both
   std::string dtype;
   std::string backend = "auto";
@@ -476,15 +477,27 @@ int run_npy_dense(const RunArgs& a) {
   const TensorView qv = view4(qd, t, B, SQ, H, D, dk), kv = view4(kd, t, B, SK, HK, D, dk),
                    vv = view4(vd, t, B, SK, HK, D, dk), ov = view4(od, t, B, SQ, H, D, dk);
   const TensorView lv = TensorView::contiguous(ld.get(), DType::f32, {B, H, SQ}, dk);
+  // return_softmax: S_dmask (B, H, round128(SQ), round128(SK)).
+  const int64_t MR = (SQ + 127) / 128 * 128, MC = (SK + 127) / 128 * 128;
+  const bool want_dmask = !a.s_dmask.empty();
+  DeviceBuffer md(be, want_dmask ? static_cast<size_t>(B * H * MR * MC) * dtype_size(t) : 0);
   runtime::Timer timer(be);
   timer.start();
-  throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
-                         c.cap, false, c.ro));
+  if (want_dmask)
+    throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
+                           c.cap, true, TensorView::contiguous(md.get(), t, {B, H, MR, MC}, dk),
+                           c.ro));
+  else
+    throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
+                           c.cap, false, c.ro));
   double ms = timer.stop_ms();
 
   Results res;  // nothing is written unless everything below succeeds
   res.add(a.out, download_as_float(od, t, q.data.size()), q.shape);
   res.add(a.lse, download_as_float(ld, DType::f32, static_cast<size_t>(B * H * SQ)), {B, H, SQ});
+  if (want_dmask)
+    res.add(a.s_dmask, download_as_float(md, t, static_cast<size_t>(B * H * MR * MC)),
+            {B, H, MR, MC});
   if (bwd) {
     DeviceBuffer dod = upload_as(be, t, dout->data);
     DeviceBuffer dqd(be, qd.size()), dkd(be, kd.size()), dvd(be, vd.size());
@@ -592,15 +605,27 @@ int run_npy_varlen(const RunArgs& a) {
   const TensorView lv = TensorView::contiguous(ld.get(), DType::f32, {H, TQ}, dk);
   const int splits = a.num_splits >= 0 ? a.num_splits : 0;
   // zero_tensors: rows no sequence covers read out = 0, lse = -inf (and dq/dk/dv = 0), not garbage.
+  const int64_t MR = (max_q + 127) / 128 * 128, MC = (max_k + 127) / 128 * 128;
+  const bool want_dmask = !a.s_dmask.empty();
+  DeviceBuffer md(be, want_dmask ? static_cast<size_t>(B * H * MR * MC) * dtype_size(t) : 0);
   runtime::Timer timer(be);
   timer.start();
-  throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt, std::nullopt,
-                                alibi, max_q, max_k, c.p_dropout, c.scale, true, a.causal, c.wl,
-                                c.wr, c.cap, false, splits, c.ro));
+  if (want_dmask)
+    throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt,
+                                  std::nullopt, alibi, max_q, max_k, c.p_dropout, c.scale, true,
+                                  a.causal, c.wl, c.wr, c.cap, true, splits,
+                                  TensorView::contiguous(md.get(), t, {B, H, MR, MC}, dk), c.ro));
+  else
+    throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt,
+                                  std::nullopt, alibi, max_q, max_k, c.p_dropout, c.scale, true,
+                                  a.causal, c.wl, c.wr, c.cap, false, splits, c.ro));
   double ms = timer.stop_ms();
   Results res;
   res.add(a.out, download_as_float(od, t, q.data.size()), q.shape);
   res.add(a.lse, download_as_float(ld, DType::f32, static_cast<size_t>(H * TQ)), {H, TQ});
+  if (want_dmask)
+    res.add(a.s_dmask, download_as_float(md, t, static_cast<size_t>(B * H * MR * MC)),
+            {B, H, MR, MC});
   if (bwd) {
     DeviceBuffer dod = upload_as(be, t, dout->data);
     DeviceBuffer dqd(be, qd.size()), dkd(be, kd.size()), dvd(be, vd.size());
@@ -880,6 +905,10 @@ void register_run(CLI::App& app, Action& action) {
   auto* o_off = g5->add_option("--dropout-offset", a->dropout_offset,
                                "Dropout Philox counter offset (RunOptions::dropout_offset; "
                                "default 0)");
+  g5->add_option("--s-dmask", a->s_dmask,
+                 "return_softmax: write S_dmask here, (batch, nheads, round128(seqlen_q), "
+                 "round128(seqlen_k)): P = exp(z - lse), negative where dropped, 0 where masked")
+      ->type_name("S_DMASK.npy");
 
   sub->add_option("--dtype", a->dtype,
                   "Storage type the kernel computes in: fp32|fp16|bf16 (inputs are rounded to it; "
@@ -938,6 +967,8 @@ void register_run(CLI::App& app, Action& action) {
     a->dropout_given = o_drop->count() > 0;
     a->seed_given = o_seed->count() > 0;
     a->offset_given = o_off->count() > 0;
+    if (!a->s_dmask.empty() && !a->dropout_given)
+      throw usage_error("--s-dmask needs --dropout (return_softmax only with p_dropout > 0)");
     const bool npy = !a->q.empty() || !a->k.empty() || !a->v.empty() || !a->out.empty() ||
                      !a->k_cache.empty() || !a->cu_seqlens_q.empty() || !a->cu_seqlens_k.empty() ||
                      a->dropout_given;

@@ -63,6 +63,35 @@ void set_ref_dropout(float p_dropout, const RunOptions& ro, RefProblem* p) {
 }
 
 
+// S_dmask (MR x MC per head, padded) against the reference's (SQ x SK) signed probabilities:
+// values within twice the storage type's rounding of a probability (<= 1), the sign (dropped or
+// kept) exact wherever the probability is not negligible, and zeros in the padding.
+ref::Check check_dmask(const std::vector<double>& want, const std::vector<double>& got, int64_t B,
+                       int64_t H, int64_t SQ, int64_t SK, int64_t MR, int64_t MC, DType t) {
+  ref::Check ch;
+  ch.tolerance = t == DType::bf16 ? 2.0 / 256 : t == DType::f16 ? 2.0 / 2048 : 1e-5;
+  double num = 0, den = 0;
+  int64_t wrong_sign = 0;
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t j = 0; j < MC; ++j) {
+        const double g = got[(bh * MR + i) * MC + j];
+        const double e = i < SQ && j < SK ? want[(bh * SQ + i) * SK + j] : 0.0;
+        if (!std::isfinite(g)) {
+          ++ch.bad_nonfinite;
+          continue;
+        }
+        ch.max_abs_err = std::max(ch.max_abs_err, std::fabs(g - e));
+        num += (g - e) * (g - e);
+        den += e * e;
+        if (std::fabs(e) > 1e-3 && (g < 0) != (e < 0)) ++wrong_sign;
+      }
+  ch.rel_err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  ch.bad_nonfinite += wrong_sign;  // a flipped sign is a wrong dropout decision: never passes
+  ch.pass = ch.bad_nonfinite == 0 && ch.max_abs_err <= ch.tolerance;
+  return ch;
+}
+
 // splitmix64: tiny, fast, and identical on every platform (unlike std:: distributions).
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -679,6 +708,23 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
     const bool cap = c.softcap > 0;
     r.checks.push_back({"out", ref::compare(ex.out, out.values(), nv.out, t, cap)});
     r.checks.push_back({"lse", ref::compare(ex.lse, lse.values(), nv.lse, t, cap)});
+  }
+  if (p_drop > 0) {  // return_softmax: S_dmask against the reference's signed probabilities
+    const int64_t MR = (SQ + 127) / 128 * 128, MC = (SK + 127) / 128 * 128;
+    Guarded sdm(be, t, {B, H, MR, MC});
+    Guarded out2(be, t, {B, SQ, H, D}), lse2(be, DType::f32, {B, H, SQ});
+    const Status st = mha_fwd(qv, kv, vv, out2.view(dk), lse2.view(dk), alibi, p_drop,
+                              static_cast<float>(c.scale), c.causal, c.window_left,
+                              c.window_right, static_cast<float>(c.softcap), true, sdm.view(dk),
+                              forward_options(ro, c));
+    if (!handle_status(st, "mha_fwd(return_softmax)")) return finish();
+    throw_if_error(runtime::synchronize(be));
+    const std::string m = sdm.fetch("s_dmask");
+    if (!m.empty()) problem(m);
+    ref::Problem pp = p;
+    pp.want_probs = true;
+    const ref::FwdResult ex = ref::forward(pp, qd, kd, vd);
+    r.checks.push_back({"s_dmask", check_dmask(ex.probs, sdm.values(), B, H, SQ, SK, MR, MC, t)});
   }
   if (!c.bwd) return finish();
 

@@ -158,7 +158,7 @@ TEST_CASE("cli: dense dropout fwd+bwd matches the reference", "[cli][dropout]") 
   d.write_npy("do.npy", dout, {B, SQ, H, D});
   const Result r = run_cli(
       "run --q q.npy --k k.npy --v v.npy --out o.npy --lse l.npy --dropout 0.3 --seed 123 "
-      "--dout do.npy --dq dq.npy --dk dk.npy --dv dv.npy",
+      "--dout do.npy --dq dq.npy --dk dk.npy --dv dv.npy --s-dmask m.npy",
       d.dir());
   INFO(r.output);
   REQUIRE(r.code == 0);
@@ -170,9 +170,25 @@ TEST_CASE("cli: dense dropout fwd+bwd matches the reference", "[cli][dropout]") 
   p.head_dim = D;
   p.p_dropout = 0.3f;
   p.dropout_seed = 123;
+  p.want_probs = true;
   const auto f = ref::forward(p, to_d(q), to_d(k), to_d(v));
   CHECK(max_diff(f.out, read_npy(d.file("o.npy")).data) < 1e-4);
   CHECK(max_diff(f.lse, read_npy(d.file("l.npy")).data) < 1e-4);
+  // S_dmask: (B, H, 128, 128), the reference's signed probabilities in the top-left corner.
+  const auto m = read_npy(d.file("m.npy"));
+  REQUIRE(m.shape == std::vector<int64_t>{B, H, 128, 128});
+  std::vector<double> want(m.data.size(), 0.0);
+  int dropped = 0;
+  for (int bh = 0; bh < B * H; ++bh)
+    for (int i = 0; i < SQ; ++i)
+      for (int j = 0; j < SK; ++j) {
+        want[(size_t(bh) * 128 + i) * 128 + j] = f.probs[(size_t(bh) * SQ + i) * SK + j];
+        dropped += f.probs[(size_t(bh) * SQ + i) * SK + j] < 0;
+      }
+  CHECK(dropped > 0);
+  CHECK(max_diff(want, m.data) < 1e-5);
+  CHECK(run_cli("run --q q.npy --k k.npy --v v.npy --out o.npy --s-dmask m.npy", d.dir()).code == 2);
+  p.want_probs = false;
   const auto g = ref::backward(p, to_d(q), to_d(k), to_d(v), to_d(dout));
   CHECK(max_diff(g.dq, read_npy(d.file("dq.npy")).data) < 1e-4);
   CHECK(max_diff(g.dk, read_npy(d.file("dk.npy")).data) < 1e-4);

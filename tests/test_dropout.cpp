@@ -151,7 +151,98 @@ TEST_CASE("dropout: invalid combinations", "[dropout][errors]") {
   s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.f, 0.f, false, -1, -1, 0.f, true);
   CHECK(s.code() == StatusCode::invalid_args);
   s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.2f, 0.f, false, -1, -1, 0.f, true);
-  CHECK(s.code() == StatusCode::unsupported);  // S_dmask is not produced (philox.h instead)
+  CHECK(s.code() == StatusCode::invalid_args);  // return_softmax needs the S_dmask output
+  CHECK(s.message().find("s_dmask") != std::string::npos);
+  Buffer bm(Backend::cpu, DType::f16, 2 * 128 * 128);
+  s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.2f, 0.f, false, -1, -1, 0.f, false,
+              bm.view({1, 2, 128, 128}));
+  CHECK(s.code() == StatusCode::invalid_args);  // S_dmask given, return_softmax off
+  s = mha_fwd(Q, Q, Q, Q, L, std::nullopt, 0.2f, 0.f, false, -1, -1, 0.f, true,
+              bm.view({1, 2, 128, 64}));
+  CHECK(s.code() == StatusCode::invalid_args);  // columns must be round128(sk)
   s = mha_bwd(Q, Q, Q, Q, Q, L, Q, Q, Q, std::nullopt, 0.1f, 0.f, false, -1, -1, 3.f, false);
   CHECK(s.code() == StatusCode::invalid_args);
+}
+
+TEST_CASE("dropout: return_softmax fills S_dmask as the reference's signed probabilities",
+          "[dropout][dmask]") {
+  struct Shape {
+    int sq, sk, h, hk, d;
+    bool causal;
+    int wl, wr;
+    bool alibi;
+  };
+  // Odd sizes, GQA, a window, causal with sq > sk (empty rows), ALiBi; padding past 128.
+  for (const Shape& sh : {Shape{37, 53, 4, 2, 40, false, -1, -1, false},
+                          Shape{130, 70, 2, 1, 64, true, -1, -1, true},
+                          Shape{19, 200, 3, 3, 32, false, 20, 5, false}}) {
+    const int B = 2;
+    const float pd = 0.25f;
+    std::mt19937_64 rng(977u * sh.sq + sh.sk);
+    const size_t nq = size_t(B) * sh.sq * sh.h * sh.d, nk = size_t(B) * sh.sk * sh.hk * sh.d;
+    auto q = testing::random_tensor(nq, DType::f32, rng, 1.0);
+    auto k = testing::random_tensor(nk, DType::f32, rng, 1.0);
+    auto v = testing::random_tensor(nk, DType::f32, rng, 1.0);
+    std::vector<double> slopes;
+    for (int i = 0; i < sh.h; ++i) slopes.push_back(0.05 + 0.1 * i);
+    const int R = (sh.sq + 127) / 128 * 128, C = (sh.sk + 127) / 128 * 128;
+    Buffer bq(Backend::cpu, DType::f32, nq), bk(Backend::cpu, DType::f32, nk),
+        bv(Backend::cpu, DType::f32, nk), bo(Backend::cpu, DType::f32, nq),
+        bl(Backend::cpu, DType::f32, size_t(B) * sh.h * sh.sq),
+        bm(Backend::cpu, DType::f32, size_t(B) * sh.h * R * C),
+        ba(Backend::cpu, DType::f32, sh.h);
+    REQUIRE(bq.upload(q).ok());
+    REQUIRE(bk.upload(k).ok());
+    REQUIRE(bv.upload(v).ok());
+    REQUIRE(ba.upload(slopes).ok());
+    REQUIRE(bm.fill(12345.f).ok());  // poison: every element must be written
+    RunOptions opts;
+    opts.backend = Backend::cpu;
+    opts.dropout_seed = 99;
+    opts.dropout_offset = 3;
+    std::optional<TensorView> alibi;
+    if (sh.alibi) alibi = ba.view({sh.h});
+    const Status st = mha_fwd(bq.view({B, sh.sq, sh.h, sh.d}), bk.view({B, sh.sk, sh.hk, sh.d}),
+                              bv.view({B, sh.sk, sh.hk, sh.d}), bo.view({B, sh.sq, sh.h, sh.d}),
+                              bl.view({B, sh.h, sh.sq}), alibi, pd, 0.f, sh.causal, sh.wl, sh.wr,
+                              0.f, true, bm.view({B, sh.h, R, C}), opts);
+    REQUIRE(st.ok());
+    std::vector<double> got;
+    REQUIRE(bm.download(&got).ok());
+
+    ref::Problem p;
+    p.batch = B;
+    p.seqlen_q = sh.sq;
+    p.seqlen_k = sh.sk;
+    p.nheads = sh.h;
+    p.nheads_k = sh.hk;
+    p.head_dim = sh.d;
+    p.causal = sh.causal;
+    p.window_left = sh.wl;
+    p.window_right = sh.wr;
+    if (sh.alibi) p.alibi = slopes;
+    p.p_dropout = pd;
+    p.dropout_seed = 99;
+    p.dropout_offset = 3;
+    p.want_probs = true;
+    const auto r = ref::forward(p, q, k, v);
+    int negatives = 0, mismatched_sign = 0;
+    double max_err = 0.0;
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < sh.h; ++h)
+        for (int i = 0; i < R; ++i)
+          for (int j = 0; j < C; ++j) {
+            const double g = got[((size_t(b) * sh.h + h) * R + i) * C + j];
+            const double e = i < sh.sq && j < sh.sk
+                                 ? r.probs[((size_t(b) * sh.h + h) * sh.sq + i) * sh.sk + j]
+                                 : 0.0;
+            max_err = std::max(max_err, std::fabs(g - e));
+            negatives += e < 0;
+            if (e != 0.0 && (g < 0) != (e < 0)) ++mismatched_sign;
+          }
+    INFO("sq " << sh.sq << " sk " << sh.sk);
+    CHECK(max_err < 1e-5);
+    CHECK(mismatched_sign == 0);
+    CHECK(negatives > 0);
+  }
 }

@@ -73,6 +73,7 @@ const BackendOps kCpuOps = {
     cpu_copy,     cpu_copy,        cpu_sync, timer_create, timer_destroy, timer_start, timer_stop_ms,
     kFeatureVarlen | kFeatureKvcache | kFeatureDropout,
     cpu::measure_copy_gbs, cpu::measure_matmul_tflops, cpu::candidates, cpu::last_config,
+    cpu::dmask,
 };
 
 }  // namespace

@@ -106,6 +106,8 @@ inline float alibi_slope(const AttnParams& p, int b, int h) {
 }
 
 Status fwd(const AttnParams& p, const RunOptions& opts);
+// return_softmax: S_dmask from the forward's lse (dmask.cpp).
+Status dmask(const AttnParams& p, const RunOptions& opts);
 Status bwd(const AttnParams& p, const RunOptions& opts);
 
 // The forward for any mode once the kv cache (if any) is prepared: fwd() without the append

@@ -249,6 +249,14 @@ Status bwd(const AttnParams& p, const RunOptions& opts) {
       [&](const KernelConfig& cfg) { return run_bwd_tc(p, cfg, opts.stream); }, fb);
 }
 
+Status dmask(const AttnParams& p, const RunOptions& opts) {
+  DeviceGuard guard;
+  const Device* dev = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
+  FLASHPLUS_RETURN_IF_ERROR(check_pointer("s_dmask", p.s_dmask));
+  return finish("S_dmask", run_dmask(p, opts.stream));
+}
+
 // Autotune's candidates: the tensor-core family's compiled tiles (none for fp32 storage, which
 // only the fallback runs).
 std::vector<KernelConfig> candidates(const TuneKey& key) {
@@ -449,6 +457,7 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
 #endif
       /*candidates=*/gpu::candidates,
       /*last_config=*/gpu::last_config,
+      /*dmask=*/gpu::dmask,
   };
   return &ops;
 }

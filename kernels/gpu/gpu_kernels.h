@@ -36,4 +36,7 @@ std::vector<KernelConfig> bwd_tc_configs(int head_dim);
 Status run_fwd_fallback(const AttnParams& p, void* stream);
 Status run_bwd_fallback(const AttnParams& p, void* stream);
 
+// return_softmax: S_dmask from the forward's lse (dmask.cu; kernels/src/dmask.h).
+Status run_dmask(const AttnParams& p, void* stream);
+
 }  // namespace flashplus::gpu

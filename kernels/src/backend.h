@@ -50,6 +50,8 @@ struct BackendOps {
   std::vector<KernelConfig> (*candidates)(const TuneKey& key) = nullptr;
   // The configuration the most recent fwd/bwd call on this host thread ran with; false if none.
   bool (*last_config)(KernelConfig* out) = nullptr;
+  // return_softmax: fill p.s_dmask (kernels/src/dmask.h) after fwd() wrote softmax_lse.
+  Status (*dmask)(const AttnParams& p, const RunOptions& opts) = nullptr;
 };
 
 // Always present.

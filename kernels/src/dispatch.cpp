@@ -109,20 +109,80 @@ Backend best_backend() {
   return Backend::cpu;
 }
 
+namespace {
+
+// Runs the forward, then the backend's S_dmask pass when return_softmax asked for it.
+Status run_fwd(const detail::BackendOps* ops, const AttnParams& p, const RunOptions& opts) {
+  FLASHPLUS_RETURN_IF_ERROR(ops->fwd(p, opts));
+  if (p.s_dmask == nullptr) return Status::Ok();
+  if (ops->dmask == nullptr)
+    return Status::Unsupported(fmt::format("the {} backend cannot return S_dmask (return_softmax)",
+                                           backend_name(ops->backend)));
+  return ops->dmask(p, opts);
+}
+
+Status fwd_impl(const TensorView& q, const TensorView& k, const TensorView& v,
+                const TensorView& out, const TensorView& softmax_lse,
+                const std::optional<TensorView>& alibi_slopes, float p_dropout,
+                float softmax_scale, bool is_causal, int window_size_left, int window_size_right,
+                float softcap, bool return_softmax, const std::optional<TensorView>& s_dmask,
+                const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_fwd_params(
+      q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
+      window_size_left, window_size_right, softcap, return_softmax, &p));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(return_softmax, s_dmask, q, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
+  if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
+  return run_fwd(ops, p, opts);
+}
+
+Status varlen_fwd_impl(const TensorView& q, const TensorView& k, const TensorView& v,
+                       const TensorView& out, const TensorView& softmax_lse,
+                       const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                       const std::optional<TensorView>& seqused_k,
+                       const std::optional<TensorView>& leftpad_k,
+                       const std::optional<TensorView>& block_table,
+                       const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                       bool is_causal, int window_size_left, int window_size_right,
+                       float softcap, bool return_softmax, int num_splits,
+                       const std::optional<TensorView>& s_dmask, const RunOptions& opts) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_fwd_params(
+      q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
+      alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
+      window_size_left, window_size_right, softcap, return_softmax, num_splits, &p));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(return_softmax, s_dmask, q, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(
+      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
+  return run_fwd(ops, p, opts);
+}
+
+}  // namespace
+
 Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
                float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
                int window_size_right, float softcap, bool return_softmax,
                const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_fwd_params(
-      q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
-      window_size_left, window_size_right, softcap, return_softmax, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
-  return ops->fwd(p, opts);
+  return fwd_impl(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
+                  window_size_left, window_size_right, softcap, return_softmax, std::nullopt,
+                  opts);
+}
+
+Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
+               float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
+               int window_size_right, float softcap, bool return_softmax,
+               const TensorView& s_dmask, const RunOptions& opts) {
+  return fwd_impl(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
+                  window_size_left, window_size_right, softcap, return_softmax, s_dmask, opts);
 }
 
 Status mha_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
@@ -153,17 +213,28 @@ Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView
                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
                       bool return_softmax, int num_splits, const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_fwd_params(
-      q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
-      alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
-      window_size_left, window_size_right, softcap, return_softmax, num_splits, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(
-      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  return ops->fwd(p, opts);
+  return varlen_fwd_impl(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
+                         leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,
+                         p_dropout, softmax_scale, zero_tensors, is_causal, window_size_left,
+                         window_size_right, softcap, return_softmax, num_splits, std::nullopt,
+                         opts);
+}
+
+Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& out, const TensorView& softmax_lse,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const std::optional<TensorView>& seqused_k,
+                      const std::optional<TensorView>& leftpad_k,
+                      const std::optional<TensorView>& block_table,
+                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                      bool is_causal, int window_size_left, int window_size_right, float softcap,
+                      bool return_softmax, int num_splits, const TensorView& s_dmask,
+                      const RunOptions& opts) {
+  return varlen_fwd_impl(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
+                         leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,
+                         p_dropout, softmax_scale, zero_tensors, is_causal, window_size_left,
+                         window_size_right, softcap, return_softmax, num_splits, s_dmask, opts);
 }
 
 Status mha_varlen_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,

@@ -186,15 +186,13 @@ Status fill_options(const TensorView& q, const std::optional<TensorView>& alibi_
   return Status::Ok();
 }
 
-// return_softmax needs dropout (as upstream); S_dmask itself is not produced yet: the mask is
-// reproducible from flashplus/philox.h (dropout_keep) instead.
+// return_softmax needs dropout (as upstream); the probabilities go to the caller's S_dmask
+// (set_s_dmask, after the params are built).
 Status check_return_softmax(bool return_softmax, float p_dropout) {
   if (!return_softmax) return Status::Ok();
   if (!(p_dropout > 0.f))
     return Status::Invalid("return_softmax is only supported when p_dropout > 0.0");
-  return Status::Unsupported(
-      "return_softmax (S_dmask) is not implemented; the dropout mask is flashplus::dropout_keep() "
-      "of flashplus/philox.h with the call's seed and offset");
+  return Status::Ok();
 }
 
 constexpr int kMaxSplits = 128;  // upstream: "num_splits > 128 not supported"
@@ -736,6 +734,29 @@ Status make_kvcache_params(const TensorView& q, const TensorView& kcache,
             p->rotary_pos_q(bi, static_cast<int>(sq) - 1), sq - 1, bi, p->seqlen_ro));
     }
   }
+  return Status::Ok();
+}
+
+Status set_s_dmask(bool return_softmax, const std::optional<TensorView>& s_dmask,
+                   const TensorView& q, AttnParams* p) {
+  if (!return_softmax) {
+    if (s_dmask)
+      return Status::Invalid("s_dmask is given but return_softmax is false (nothing would be written)");
+    return Status::Ok();
+  }
+  if (!s_dmask)
+    return Status::Invalid(
+        "return_softmax needs an s_dmask output of shape (batch, nheads, round128(seqlen_q), "
+        "round128(seqlen_k))");
+  const TensorView& t = *s_dmask;
+  const int64_t rows = (p->seqlen_q + 127) / 128 * 128, cols = (p->seqlen_k + 127) / 128 * 128;
+  FLASHPLUS_RETURN_IF_ERROR(check_bshd("s_dmask", t, q, q.dtype, {p->batch, p->nheads, rows, cols}));
+  p->s_dmask = t.data;
+  p->s_dmask_batch_stride = t.stride[0];
+  p->s_dmask_head_stride = t.stride[1];
+  p->s_dmask_row_stride = t.stride[2];
+  p->s_dmask_rows = static_cast<int>(rows);
+  p->s_dmask_cols = static_cast<int>(cols);
   return Status::Ok();
 }
 

@@ -73,4 +73,10 @@ struct CanonicalWindow {
 CanonicalWindow canonicalize_window(int seqlen_q, int seqlen_k, bool causal, int window_left,
                                     int window_right, bool has_alibi);
 
+// return_softmax: records the caller's S_dmask (API.md §2.7) in p, after make_fwd_params or
+// make_varlen_fwd_params: (batch, nheads, round128(Sq*), round128(Sk*)), q's dtype and device.
+// Without return_softmax it must be absent; with it, present.
+Status set_s_dmask(bool return_softmax, const std::optional<TensorView>& s_dmask,
+                   const TensorView& q, AttnParams* p);
+
 }  // namespace flashplus::detail

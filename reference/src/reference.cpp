@@ -304,6 +304,8 @@ FwdResult forward_impl(const Problem& p, const std::vector<double>& q, const std
   FwdResult r;
   r.out.assign(q.size(), 0.0);
   r.lse.assign(static_cast<size_t>(p.batch) * p.nheads * p.seqlen_q, 0.0);
+  const size_t head_probs = static_cast<size_t>(p.seqlen_q) * p.seqlen_k;
+  if (p.want_probs) r.probs.assign(static_cast<size_t>(p.batch) * p.nheads * head_probs, 0.0);
   const int G = p.nheads / p.nheads_k;
   parallel_for(static_cast<int64_t>(p.batch) * p.nheads, [&](int64_t it) {
     const int b = static_cast<int>(it / p.nheads), h = static_cast<int>(it % p.nheads);
@@ -313,6 +315,13 @@ FwdResult forward_impl(const Problem& p, const std::vector<double>& q, const std
     const HeadFwd<T> f = head_forward<T>(p, mask, b, h, qh, kh, vh, rnd);
     put_head<T>(r.out, b, p.seqlen_q, p.nheads, p.head_dim, h, f.out);
     std::copy(f.lse.begin(), f.lse.end(), r.lse.begin() + it * p.seqlen_q);
+    if (p.want_probs)
+      for (int i = 0; i < p.seqlen_q; ++i)
+        for (int j = 0; j < p.seqlen_k; ++j) {
+          const bool dropped = p.p_dropout > 0 && f.drop(i, j) == T(0);
+          const double P = static_cast<double>(f.P(i, j));
+          r.probs[it * head_probs + static_cast<size_t>(i) * p.seqlen_k + j] = dropped ? -P : P;
+        }
   });
   return r;
 }

@@ -45,14 +45,21 @@ struct RunOptions {
 // Forward. q (b, sq, h, d); k, v (b, sk, hk, d); out like q; softmax_lse fp32 (b, h, sq).
 // alibi_slopes fp32 (h) or (b, h). p_dropout in [0, 1): P_ij * keep(b, h, i, j) / (1 - p), the mask
 // from flashplus/philox.h with opts.dropout_seed/offset (lse is computed before dropout);
-// dropout with softcap > 0 is invalid (as upstream). return_softmax needs p_dropout > 0 and is
-// not implemented yet (unsupported): recompute the mask with flashplus::dropout_keep().
+// dropout with softcap > 0 is invalid (as upstream). return_softmax needs p_dropout > 0 and the
+// overload with s_dmask, which receives the dropout-applied probabilities (API.md §2.7): shape
+// (b, h, round128(sq), round128(sk)), q's dtype; value P_ij = exp(z_ij - lse_i), negative where
+// dropout drops (b, h, i, j), 0 where masked and in the padding (kernels/src/dmask.h).
 // A query row that sees no key gets out = 0 and softmax_lse = +inf (as upstream).
 Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
                float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
                int window_size_right, float softcap, bool return_softmax,
                const RunOptions& opts = {});
+Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
+               float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
+               int window_size_right, float softcap, bool return_softmax,
+               const TensorView& s_dmask, const RunOptions& opts = {});
 
 // Backward. dout, out like q; softmax_lse as the forward wrote it; dq like q; dk, dv like k
 // (summed over the query heads sharing each kv head). softmax_d, if given: fp32 (b, h, sq),
@@ -95,6 +102,19 @@ Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView
                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
                       bool return_softmax, int num_splits = 0, const RunOptions& opts = {});
+// The same with S_dmask (return_softmax, as mha_fwd): (b, h, round128(max_seqlen_q),
+// round128(max_seqlen_k)); row i / column j are query i / key j of sequence b.
+Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& out, const TensorView& softmax_lse,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const std::optional<TensorView>& seqused_k,
+                      const std::optional<TensorView>& leftpad_k,
+                      const std::optional<TensorView>& block_table,
+                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                      bool is_causal, int window_size_left, int window_size_right, float softcap,
+                      bool return_softmax, int num_splits, const TensorView& s_dmask,
+                      const RunOptions& opts = {});
 
 // Backward of mha_varlen_fwd. dout, out, dq like q; dk, dv like k; softmax_lse (h, total_q) as
 // the forward wrote it; softmax_d, if given, fp32 (h, total_q). Rows of dq/dk/dv that no

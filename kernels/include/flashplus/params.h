@@ -91,6 +91,14 @@ struct AttnParams {
   uint64_t philox_seed = 0;
   uint64_t philox_offset = 0;
   FLASHPLUS_HD bool has_dropout() const { return p_dropout > 0.f; }
+  // return_softmax: S_dmask, (batch, nheads, s_dmask_rows, s_dmask_cols) in q's dtype, rows and
+  // columns round128(Sq*), round128(Sk*); nullptr = not requested (kernels/src/dmask.h).
+  void* s_dmask = nullptr;
+  int64_t s_dmask_batch_stride = 0;
+  int64_t s_dmask_head_stride = 0;
+  int64_t s_dmask_row_stride = 0;
+  int s_dmask_rows = 0;
+  int s_dmask_cols = 0;
   // Element (b, h, i, j), i and j counted within sequence b; the index uses Sq* = seqlen_q and
   // Sk* = seqlen_k (varlen: max_seqlen_q/k).
   FLASHPLUS_HD bool dropout_keep(int b, int h, int i, int j) const {

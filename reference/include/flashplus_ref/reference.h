@@ -27,11 +27,16 @@ struct Problem {
   double p_dropout = 0;
   uint64_t dropout_seed = 0, dropout_offset = 0;
   int dropout_batch0 = 0;  // sequence index of batch 0 (varlen: one problem per sequence)
+  // Also return the probabilities as S_dmask reports them (FwdResult::probs).
+  bool want_probs = false;
 };
 
 struct FwdResult {
   std::vector<double> out;  // (b, sq, h, d)
   std::vector<double> lse;  // (b, h, sq); +inf for rows that see no key
+  // Only with Problem::want_probs: (b, h, sq, sk), P_ij = exp(z_ij - lse_i) before dropout,
+  // negated where dropout drops (b, h, i, j); 0 where masked (API.md §2.7's sign convention).
+  std::vector<double> probs;
 };
 struct BwdResult {
   std::vector<double> dq;  // (b, sq, h, d)
