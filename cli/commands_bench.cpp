@@ -48,6 +48,7 @@ using nlohmann::json;
 struct BenchArgs {
   std::vector<std::string> configs;
   int max_seqlen = 0;
+  std::vector<std::string> workloads;  // --workload: prefill|decode|varlen
   std::vector<int> batch;
   std::vector<std::string> modes;
   std::string dtype;
@@ -114,6 +115,7 @@ int run_bench(const BenchArgs& a) {
   WorkloadFilter f;
   f.max_seqlen = a.max_seqlen;
   f.batch_override = a.batch;
+  f.kinds = a.workloads;
   std::optional<DType> dtype_override;
   if (!a.dtype.empty()) {
     DType t;
@@ -301,6 +303,9 @@ void register_bench(CLI::App& app, Action& action) {
       "bench", "Benchmark model workloads (median of repeated runs, TFLOP/s, GB/s, % of peak)");
   sub->add_option("--config", a->configs, "Model config(s): configs/models/*.json")
       ->check(CLI::ExistingFile);
+  sub->add_option("--workload", a->workloads,
+                  "prefill|decode|varlen, one or more: run only these workloads of the configs")
+      ->check(CLI::IsMember({"prefill", "decode", "varlen"}));
   sub->add_option("--max-seqlen", a->max_seqlen, "Skip workloads with seqlen above N")
       ->check(non_negative());
   sub->add_option("--batch", a->batch, "Replace the config's batch sizes")->check(positive());

@@ -290,6 +290,8 @@ std::vector<Workload> expand_workloads(const ModelConfig& m, const WorkloadFilte
   auto keep_dtype = [&](DType t) {
     return f.dtypes.empty() || std::find(f.dtypes.begin(), f.dtypes.end(), t) != f.dtypes.end();
   };
+  if (!f.kinds.empty() && std::find(f.kinds.begin(), f.kinds.end(), m.workload) == f.kinds.end())
+    return out;
   if (m.workload == "decode") {
     for (const std::string& mode : m.modes) {
       if (!keep_mode(mode)) continue;

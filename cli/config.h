@@ -69,6 +69,7 @@ struct WorkloadFilter {
   std::vector<int> batch_override;  // replaces the config's batch_sizes when non-empty
   std::vector<std::string> modes;   // keeps only these modes when non-empty
   std::vector<DType> dtypes;        // keeps only these dtypes when non-empty
+  std::vector<std::string> kinds;   // keeps only these workloads (prefill|decode|varlen)
 };
 std::vector<Workload> expand_workloads(const ModelConfig& m, const WorkloadFilter& f);
 
