@@ -36,7 +36,10 @@ bool tile_supported(int bm, int bn) {
 }
 
 KernelConfig tile_config(const AttnParams& p, const RunOptions& opts, const char* mode) {
-  const KernelConfig heuristic{kBlockM, kBlockN};
+  // Short query sequences (decoding: 1 to a few rows) pad a 128-row tile with zeros; the
+  // smallest instantiated tile that holds them wastes 4x less (32 rows).
+  const int rows = p.seqlen_q;
+  const KernelConfig heuristic{rows <= 32 ? 32 : rows <= 64 ? 64 : kBlockM, kBlockN};
   KernelConfig c;
   if (opts.config_override) {
     c = with_defaults(*opts.config_override);
