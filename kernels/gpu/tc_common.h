@@ -11,17 +11,34 @@
 
 namespace flashplus::gpu {
 
+#if FLASHPLUS_VENDOR_HIP
+// The MFMA forward reads K/V rows in 16-byte pieces and Q/O in 8-byte pieces: pointers and the
+// batch/head/row strides (elements of 2 bytes) must keep every row 16-byte aligned.
+inline bool tc_aligned_16(const AttnParams& p) {
+  const auto ok = [](const void* ptr, const Strides3& st) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.batch % 8 == 0 && st.head % 8 == 0 &&
+           st.row % 8 == 0;
+  };
+  return ok(p.q, p.q_stride) && ok(p.k, p.k_stride) && ok(p.v, p.v_stride) &&
+         ok(p.out, p.out_stride);
+}
+#endif
+
 // Ok when the call fits the compiled tensor-core instances; else no_instance naming `family`
 // ("fwd_tc", "bwd_tc") and the reason, so the backend falls back to the portable kernels.
 inline Status tc_supports(const AttnParams& p, const KernelConfig& cfg, const char* family) {
   const std::string f = family;
 #if FLASHPLUS_VENDOR_HIP
-  (void)p;
-  (void)cfg;
-  return Status::NoInstance(f + ": the AMD MFMA path is not implemented yet");
+  // v_mfma_f32_16x16x16bf16_1k: gfx90a and gfx94x (gfx908 has another bf16 form). The library's
+  // code object is for FLASHPLUS_HIP_ARCH (default gfx90a).
+  const int arch = current_arch(p.device_index);
+  if (!platform::arch_has_mfma(arch) || arch == platform::kArchGfx908)
+    return Status::NoInstance(f + ": needs MFMA with 16x16x16 bf16/f16 (gfx90a, gfx94x)");
+  if (!tc_aligned_16(p)) return Status::NoInstance(f + ": needs 16-byte aligned q/k/v/out rows");
 #else
   if (!platform::arch_has_mma_sync(current_arch(p.device_index)))
     return Status::NoInstance(f + ": needs mma.sync (sm_80 or newer)");
+#endif
   if (p.dtype != DType::f16 && p.dtype != DType::bf16)
     return Status::NoInstance(f + ": only fp16/bf16 storage runs on tensor cores");
   if (p.head_dim % 8 != 0) return Status::NoInstance(f + ": head_dim must be a multiple of 8");
@@ -38,7 +55,6 @@ inline Status tc_supports(const AttnParams& p, const KernelConfig& cfg, const ch
   if (!lse_contiguous)
     return Status::NoInstance(f + ": softmax_lse must be contiguous (batch, nheads, seqlen_q)");
   return Status::Ok();
-#endif
 }
 
 }  // namespace flashplus::gpu
