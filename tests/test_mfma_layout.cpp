@@ -423,3 +423,324 @@ TEST_CASE("mfma forward: the kernel's block emulated on a 64-lane wave matches f
     }
   }
 }
+
+namespace {
+
+// Backward inputs besides Problem: dO, the forward's output O (16-bit) and lse (fp32), both
+// from the fp64 reference so that the comparison isolates the backward.
+struct BwdInputs {
+  std::vector<uint16_t> dout, out;  // row stride pr.stride
+  std::vector<float> lse;
+};
+
+// The kernel bwd_mfma_kernel<T, D, BN, BM, NW> (plus preprocess and dQ conversion) on one
+// (batch, head), plain path, every block and wave simulated in the kernel's step order.
+template <int D, int BN, int BM, int NW>
+void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
+                 std::vector<float>& dk, std::vector<float>& dv) {
+  using G = prim::mfma::BwdMfmaGeom<D, BN, BM, NW>;
+  constexpr int kQT = G::kQT, kDT = G::kDT, kKT = G::kKT;
+  const AttnParams p = params_of(pr);
+  const bool bf = pr.bf16;
+  const int head_dim = pr.head_dim, dchunks = head_dim / 8, sq = pr.sq, sk = pr.sk;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  dk.assign(static_cast<size_t>(sk) * head_dim, nan);
+  dv.assign(static_cast<size_t>(sk) * head_dim, nan);
+  const float scale_log2 = pr.scale * 1.4426950408889634f;
+
+  // 1. preprocess
+  std::vector<float> dsum(sq), dq_accum(static_cast<size_t>(sq) * D, 0.f);
+  for (int i = 0; i < sq; ++i) {
+    float s = 0.f;
+    for (int d = 0; d < head_dim; ++d)
+      s += to_float(bf, in.out[static_cast<int64_t>(i) * pr.stride + d]) *
+           to_float(bf, in.dout[static_cast<int64_t>(i) * pr.stride + d]);
+    dsum[i] = s;
+  }
+
+  for (int n_block = 0; n_block * BN < sk; ++n_block) {
+    const int n0 = n_block * BN, rows_k = std::min(BN, sk - n0);
+    int i_min = 0, i_max = sq - 1;
+    if (p.has_window()) {
+      const int off = sk - sq;
+      i_min = std::max(i_min, n0 - off - p.window_right);
+      i_max = std::min(i_max, n0 + rows_k - 1 - off + p.window_left);
+    }
+    if (i_min > i_max) {
+      for (int r = 0; r < rows_k; ++r)
+        for (int d = 0; d < head_dim; ++d) {
+          dk[static_cast<int64_t>(n0 + r) * head_dim + d] = 0.f;
+          dv[static_cast<int64_t>(n0 + r) * head_dim + d] = 0.f;
+        }
+      continue;
+    }
+    const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
+
+    std::vector<std::array<Operand, kDT>> kf(NW), vf(NW);
+    for (int w = 0; w < NW; ++w)
+      for (int kk = 0; kk < kDT; ++kk)
+        for (int l = 0; l < kLanes; ++l) {
+          const int r = w * 16 + G::kv_row(l), c = G::kv_col(l, kk);
+          if (r < rows_k && c < head_dim) {
+            load4(kf[w][kk][l], pr.k.data(), static_cast<int64_t>(n0 + r) * pr.stride + c);
+            load4(vf[w][kk][l], pr.v.data(), static_cast<int64_t>(n0 + r) * pr.stride + c);
+          } else {
+            kf[w][kk][l] = vf[w][kk][l] = {0, 0, 0, 0};
+          }
+        }
+    std::vector<uint16_t> sKt(G::kKtElems, 0xffff);
+    for (int c = 0; c < BN * G::kChunks; ++c) {
+      const int key = G::kt_copy_key(c), ch = G::kt_copy_chunk(c);
+      for (int e = 0; e < 8; ++e)
+        sKt[G::kt_lds(ch * 8 + e, key)] =
+            key < rows_k && ch < dchunks ? pr.k[static_cast<int64_t>(n0 + key) * pr.stride + ch * 8 + e] : 0;
+    }
+    std::vector<std::array<Accum, kDT>> acc_dk(NW), acc_dv(NW);
+    for (int w = 0; w < NW; ++w)
+      for (int dt = 0; dt < kDT; ++dt)
+        for (int l = 0; l < kLanes; ++l) acc_dk[w][dt][l] = acc_dv[w][dt][l] = {0.f, 0.f, 0.f, 0.f};
+
+    for (int it = 0; it < m_count; ++it) {
+      const int m0 = (m_first + it) * BM, rows_q = std::min(BM, sq - m0);
+      std::vector<uint16_t> sQ(G::kRowElems, 0xffff), sdO(G::kRowElems, 0xffff);
+      std::vector<uint16_t> sQt(G::kTElems, 0xffff), sdOt(G::kTElems, 0xffff);
+      std::vector<uint16_t> sdS(G::kDsElems, 0xffff);
+      std::vector<float> sLse(BM), sDs(BM);
+      for (int c = 0; c < BM * G::kChunks; ++c) {
+        const int r = G::q_copy_row(c), ch = G::q_copy_chunk(c);
+        for (int e = 0; e < 8; ++e) {
+          const bool ok = r < rows_q && ch < dchunks;
+          const int64_t src = static_cast<int64_t>(m0 + r) * pr.stride + ch * 8 + e;
+          const uint16_t xq = ok ? pr.q[src] : 0, xd = ok ? in.dout[src] : 0;
+          sQ[G::row_lds(r, ch * 8 + e)] = xq;
+          sdO[G::row_lds(r, ch * 8 + e)] = xd;
+          sQt[G::t_lds(ch * 8 + e, r)] = xq;
+          sdOt[G::t_lds(ch * 8 + e, r)] = xd;
+        }
+      }
+      for (int r = 0; r < BM; ++r) {
+        sLse[r] = r < rows_q ? in.lse[m0 + r] * 1.4426950408889634f : INFINITY;
+        sDs[r] = r < rows_q ? dsum[m0 + r] : 0.f;
+      }
+      const int q_last = m0 + rows_q - 1;
+      bool full_tile = n0 + BN <= sk;
+      if (p.has_window()) {
+        int lo_a, hi_a, lo_b, hi_b;
+        p.key_range(m0, &lo_a, &hi_a);
+        p.key_range(q_last, &lo_b, &hi_b);
+        full_tile = full_tile && lo_b <= n0 && hi_a >= n0 + BN;
+      }
+
+      for (int w = 0; w < NW; ++w) {
+        std::array<Accum, kQT> pc{};
+        std::array<Operand, kQT> pf{};
+        for (int qt = 0; qt < kQT; ++qt) {
+          Accum s{};
+          for (int kk = 0; kk < kDT; ++kk) {
+            if (kk * 16 >= head_dim) continue;
+            Operand a{};
+            for (int l = 0; l < kLanes; ++l) load4(a[l], sQ.data(), G::row_frag(l, qt, kk));
+            isa_mfma(bf, s, a, kf[w][kk]);
+          }
+          for (int l = 0; l < kLanes; ++l) {
+            const int j = n0 + w * 16 + G::sc_key(l);
+            for (int e = 0; e < 4; ++e) {
+              const int ql = qt * 16 + G::sc_query(l, e), i = m0 + ql;
+              float x = std::exp2(std::fma(s[l][e], scale_log2, -sLse[ql]));
+              if (!full_tile) {
+                int lo, hi;
+                p.key_range(i, &lo, &hi);
+                if (j < lo || j >= hi) x = 0.f;
+              }
+              pc[qt][l][e] = x;
+              pf[qt][l][e] = to_bits(bf, x);  // pack4
+            }
+          }
+        }
+        for (int qt = 0; qt < kQT; ++qt)
+          for (int dt = 0; dt < kDT; ++dt) {
+            if (dt * 16 >= head_dim) continue;
+            Operand a{};
+            for (int l = 0; l < kLanes; ++l) load4(a[l], sdOt.data(), G::t_frag(l, dt, qt));
+            isa_mfma(bf, acc_dv[w][dt], a, pf[qt]);
+          }
+        for (int qt = 0; qt < kQT; ++qt) {
+          Accum dp{};
+          for (int kk = 0; kk < kDT; ++kk) {
+            if (kk * 16 >= head_dim) continue;
+            Operand a{};
+            for (int l = 0; l < kLanes; ++l) load4(a[l], sdO.data(), G::row_frag(l, qt, kk));
+            isa_mfma(bf, dp, a, vf[w][kk]);
+          }
+          Operand dsf{};
+          for (int l = 0; l < kLanes; ++l)
+            for (int e = 0; e < 4; ++e) {
+              const float x = pc[qt][l][e] * (dp[l][e] - sDs[qt * 16 + G::sc_query(l, e)]);
+              dsf[l][e] = to_bits(bf, x);
+            }
+          for (int dt = 0; dt < kDT; ++dt) {
+            if (dt * 16 >= head_dim) continue;
+            Operand a{};
+            for (int l = 0; l < kLanes; ++l) load4(a[l], sQt.data(), G::t_frag(l, dt, qt));
+            isa_mfma(bf, acc_dk[w][dt], a, dsf);
+          }
+          for (int l = 0; l < kLanes; ++l)
+            for (int e = 0; e < 4; ++e)
+              sdS[G::ds_lds(qt * 16 + G::sc_query(l, e), w * 16 + G::sc_key(l))] = dsf[l][e];
+        }
+      }
+      // dQ phase (after the barrier)
+      for (int w = 0; w < NW; ++w)
+        for (int x = 0; x < G::kDqTiles; ++x) {
+          const int qt = G::dq_qt(w, x), dt = G::dq_dt(w, x);
+          if (dt * 16 >= head_dim) continue;
+          Accum acc{};
+          for (int kk = 0; kk < kKT; ++kk) {
+            Operand a{}, bb{};
+            for (int l = 0; l < kLanes; ++l) {
+              load4(a[l], sdS.data(), G::ds_frag(l, qt, kk));
+              load4(bb[l], sKt.data(), G::kt_frag(l, dt, kk));
+            }
+            isa_mfma(bf, acc, a, bb);
+          }
+          for (int l = 0; l < kLanes; ++l) {
+            const int d = dt * 16 + G::dq_d(l);
+            if (d >= head_dim) continue;
+            for (int e = 0; e < 4; ++e) {
+              const int ql = qt * 16 + G::dq_query(l, e);
+              if (ql < rows_q) dq_accum[static_cast<int64_t>(m0 + ql) * D + d] += acc[l][e] * pr.scale;
+            }
+          }
+        }
+    }
+    // epilogue
+    for (int w = 0; w < NW; ++w)
+      for (int l = 0; l < kLanes; ++l) {
+        const int kr = w * 16 + G::acc_key(l);
+        if (kr >= rows_k) continue;
+        for (int dt = 0; dt < kDT; ++dt) {
+          if (G::acc_d(l, dt, 0) >= head_dim) continue;
+          for (int e = 0; e < 4; ++e) {
+            const int64_t o = static_cast<int64_t>(n0 + kr) * head_dim + G::acc_d(l, dt, e);
+            REQUIRE(std::isnan(dk[o]));
+            dk[o] = to_float(bf, to_bits(bf, acc_dk[w][dt][l][e] * pr.scale));
+            dv[o] = to_float(bf, to_bits(bf, acc_dv[w][dt][l][e]));
+          }
+        }
+      }
+  }
+  // 3. convert
+  dq.assign(static_cast<size_t>(sq) * head_dim, 0.f);
+  for (int i = 0; i < sq; ++i)
+    for (int d = 0; d < head_dim; ++d)
+      dq[static_cast<int64_t>(i) * head_dim + d] =
+          to_float(bf, to_bits(bf, dq_accum[static_cast<int64_t>(i) * D + d]));
+}
+
+// fp64 backward of the rounded inputs, with the given (rounded) O for Dsum.
+void reference_bwd(const Problem& pr, const BwdInputs& in, const std::vector<double>& lse,
+                   std::vector<double>& dq, std::vector<double>& dk, std::vector<double>& dv) {
+  const AttnParams p = params_of(pr);
+  const bool bf = pr.bf16;
+  const int hd = pr.head_dim;
+  dq.assign(static_cast<size_t>(pr.sq) * hd, 0.0);
+  dk.assign(static_cast<size_t>(pr.sk) * hd, 0.0);
+  dv.assign(static_cast<size_t>(pr.sk) * hd, 0.0);
+  const auto at = [&](const std::vector<uint16_t>& t, int r, int d) {
+    return double(to_float(bf, t[static_cast<int64_t>(r) * pr.stride + d]));
+  };
+  for (int i = 0; i < pr.sq; ++i) {
+    int lo, hi;
+    p.key_range(i, &lo, &hi);
+    if (lo >= hi) continue;
+    double dsum = 0;
+    for (int d = 0; d < hd; ++d) dsum += at(in.dout, i, d) * at(in.out, i, d);
+    for (int j = lo; j < hi; ++j) {
+      double s = 0, dp = 0;
+      for (int d = 0; d < hd; ++d) {
+        s += at(pr.q, i, d) * at(pr.k, j, d);
+        dp += at(in.dout, i, d) * at(pr.v, j, d);
+      }
+      const double pij = std::exp(s * pr.scale - lse[i]);
+      const double ds = pij * (dp - dsum);
+      for (int d = 0; d < hd; ++d) {
+        dv[static_cast<int64_t>(j) * hd + d] += pij * at(in.dout, i, d);
+        dk[static_cast<int64_t>(j) * hd + d] += pr.scale * ds * at(pr.q, i, d);
+        dq[static_cast<int64_t>(i) * hd + d] += pr.scale * ds * at(pr.k, j, d);
+      }
+    }
+  }
+}
+
+double rel_l2(const std::vector<float>& x, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t n = 0; n < x.size(); ++n) {
+    REQUIRE(std::isfinite(x[n]));
+    num += (x[n] - ref[n]) * (x[n] - ref[n]);
+    den += ref[n] * ref[n];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+template <int D, int BN, int BM, int NW>
+void check_bwd_case(bool bf16, int sq, int sk, int head_dim, int wl, int wr, uint32_t seed) {
+  CAPTURE(D, BN, BM, NW, bf16, sq, sk, head_dim, wl, wr, seed);
+  Problem pr;
+  pr.bf16 = bf16;
+  pr.sq = sq;
+  pr.sk = sk;
+  pr.head_dim = head_dim;
+  pr.stride = head_dim + 24;
+  pr.window_left = wl;
+  pr.window_right = wr;
+  pr.scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  std::mt19937 rng(seed);
+  pr.q = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng, 1.5f);
+  pr.k = random_bits(bf16, static_cast<size_t>(sk) * pr.stride, rng, 1.5f);
+  pr.v = random_bits(bf16, static_cast<size_t>(sk) * pr.stride, rng);
+  BwdInputs in;
+  in.dout = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng);
+  const uint16_t nan_bits = bf16 ? 0x7fc0 : 0x7e00;
+  for (auto* t : {&pr.q, &pr.k, &pr.v, &in.dout})
+    for (size_t r = 0; r < t->size() / pr.stride; ++r)
+      for (int d = head_dim; d < pr.stride; ++d) (*t)[r * pr.stride + d] = nan_bits;
+  std::vector<double> ref_out, ref_lse;
+  reference_fwd(pr, ref_out, ref_lse);
+  in.out.assign(static_cast<size_t>(sq) * pr.stride, nan_bits);
+  in.lse.resize(sq);
+  for (int i = 0; i < sq; ++i) {
+    for (int d = 0; d < head_dim; ++d)
+      in.out[static_cast<int64_t>(i) * pr.stride + d] =
+          to_bits(bf16, static_cast<float>(ref_out[static_cast<int64_t>(i) * head_dim + d]));
+    in.lse[i] = static_cast<float>(ref_lse[i]);
+  }
+
+  std::vector<float> dq, dk, dv;
+  emulate_bwd<D, BN, BM, NW>(pr, in, dq, dk, dv);
+  std::vector<double> rdq, rdk, rdv;
+  reference_bwd(pr, in, ref_lse, rdq, rdk, rdv);
+  const double edq = rel_l2(dq, rdq), edk = rel_l2(dk, rdk), edv = rel_l2(dv, rdv);
+  INFO("rel L2: dq " << edq << ", dk " << edk << ", dv " << edv);
+  // P and dS are rounded to 16 bits before their products (as on every tensor-core path).
+  const double tol = bf16 ? 1e-2 : 1.5e-3;
+  CHECK(edq <= tol);
+  CHECK(edk <= tol);
+  CHECK(edv <= tol);
+}
+
+}  // namespace
+
+TEST_CASE("mfma backward: the kernel's blocks emulated on a 64-lane wave match fp64 gradients",
+          "[mfma]") {
+  for (const bool bf16 : {true, false}) {
+    SECTION(bf16 ? "bf16" : "f16") {
+      check_bwd_case<64, 64, 32, 4>(bf16, 77, 90, 64, -1, -1, 21);     // full attention
+      check_bwd_case<64, 64, 64, 4>(bf16, 70, 150, 40, 150, 0, 22);    // causal sq < sk, d 40
+      check_bwd_case<64, 64, 32, 4>(bf16, 20, 150, 64, 10, 0, 23);     // window: unseen key blocks
+      check_bwd_case<128, 64, 32, 4>(bf16, 97, 100, 96, 37, 11, 24);   // window (37, 11), d 96
+      check_bwd_case<128, 64, 16, 4>(bf16, 90, 47, 128, 47, 0, 25);    // causal sq > sk: empty rows
+      check_bwd_case<128, 64, 32, 4>(bf16, 1, 33, 128, -1, -1, 26);    // one query row
+      check_bwd_case<64, 64, 64, 4>(bf16, 40, 1, 64, -1, -1, 27);      // one key
+    }
+  }
+}

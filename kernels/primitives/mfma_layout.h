@@ -151,6 +151,86 @@ struct FwdMfmaGeom {
   FLASHPLUS_MFMA_HD static constexpr bool writes_lse(int lane) { return lane < 16; }
 };
 
+// ---- backward tile geometry ------------------------------------------------------------------
+// One block: BN = 16 * NW keys of one (batch, kv head); wave w owns keys [16w, 16w+16) and keeps
+// their K and V rows as B fragments in registers and their dK^T / dV^T accumulators in registers
+// for the whole block. The block walks blocks of BM queries. Every product is arranged so that a C
+// fragment feeds the next MFMA as a B operand without moving data (mfma16_c_is_b):
+//   S   = Q K^T      A = Q (LDS, row-major)      B = K^T (registers)  C: key lane%16, 4 queries
+//   dV^T += dO^T P   A = dO^T (LDS, transposed)  B = P  (C of S, 16-bit)
+//   dP  = dO V^T     A = dO (LDS, row-major)     B = V^T (registers)  C: as S
+//   dK^T += Q^T dS   A = Q^T (LDS, transposed)   B = dS (C of dP, 16-bit)
+//   dQ  = dS K       A = dS (LDS: C layout has the key as column, dQ sums over keys, so dS is
+//                    staged [query][key])        B = K (from a K^T LDS tile)  C: fp32 atomics
+template <int D, int BN, int BM, int NW>
+struct BwdMfmaGeom {
+  using M = Mfma16;
+  static constexpr int kWave = M::kLanes;
+  static constexpr int kThreads = NW * kWave;
+  static constexpr int kQT = BM / 16;  // query tiles of a step (k-steps of dV^T, dK^T)
+  static constexpr int kDT = D / 16;   // head-dim tiles (k-steps of S and dP; tiles of dK^T, dV^T)
+  static constexpr int kKT = BN / 16;  // key tiles of the block (k-steps of dQ)
+  static constexpr int kPad = 4;
+  static constexpr int kRowStride = D + kPad;   // Q, dO: [BM][D]
+  static constexpr int kTStride = BM + kPad;    // Q^T, dO^T: [D][BM]
+  static constexpr int kDsStride = BN + kPad;   // dS: [BM][BN]
+  static constexpr int kKtStride = BN + kPad;   // K^T: [D][BN]
+  static constexpr int kRowElems = BM * kRowStride, kTElems = D * kTStride;
+  static constexpr int kDsElems = BM * kDsStride, kKtElems = D * kKtStride;
+  static constexpr int kLdsBytes =
+      2 * (2 * kRowElems + 2 * kTElems + kDsElems + kKtElems) + 2 * BM * 4;  // + lse, Dsum
+  static constexpr int kChunks = D / 8;
+  static constexpr int kDqTiles = kQT * kDT / NW;  // dQ tiles (16 x 16) per wave and step
+  static_assert(BN == 16 * NW, "one wave per 16 keys");
+  static_assert(BM % 16 == 0 && D % 16 == 0, "BM and D must be multiples of 16");
+  static_assert((kQT * kDT) % NW == 0, "dQ tiles must split evenly over the waves");
+  static_assert(kLdsBytes <= 64 * 1024, "LDS over the 64 KB a gfx90a workgroup may use");
+
+  // Global -> LDS copies (chunk c of 8 elements): Q/dO row-major order (coalesced), stored
+  // twice: row-major and transposed. K^T: key-major order (see FwdMfmaGeom::v_copy_row).
+  FLASHPLUS_MFMA_HD static constexpr int q_copy_row(int c) { return c / kChunks; }
+  FLASHPLUS_MFMA_HD static constexpr int q_copy_chunk(int c) { return c % kChunks; }
+  FLASHPLUS_MFMA_HD static constexpr int kt_copy_key(int c) { return c % BN; }
+  FLASHPLUS_MFMA_HD static constexpr int kt_copy_chunk(int c) { return c / BN; }
+  FLASHPLUS_MFMA_HD static constexpr int row_lds(int q, int d) { return q * kRowStride + d; }
+  FLASHPLUS_MFMA_HD static constexpr int t_lds(int d, int q) { return d * kTStride + q; }
+  FLASHPLUS_MFMA_HD static constexpr int ds_lds(int q, int key) { return q * kDsStride + key; }
+  FLASHPLUS_MFMA_HD static constexpr int kt_lds(int d, int key) { return d * kKtStride + key; }
+
+  // K and V rows of the wave as B fragments (k-step kk over d): row wave*16 + kv_row(lane) of the
+  // block, columns kv_col(lane, kk) .. +3, read once from global memory.
+  FLASHPLUS_MFMA_HD static constexpr int kv_row(int lane) { return M::b_col(lane); }
+  FLASHPLUS_MFMA_HD static constexpr int kv_col(int lane, int kk) { return kk * 16 + M::b_k(lane, 0); }
+  // S = Q K^T and dP = dO V^T, query tile qt, k-step kk: A at row_frag(lane, qt, kk) of Q / dO.
+  FLASHPLUS_MFMA_HD static constexpr int row_frag(int lane, int qt, int kk) {
+    return row_lds(qt * 16 + M::a_row(lane), kk * 16 + M::a_k(lane, 0));
+  }
+  // Their C, register e: query qt*16 + sc_query(lane, e) of the step, key wave*16 + sc_key(lane).
+  FLASHPLUS_MFMA_HD static constexpr int sc_query(int lane, int e) { return M::c_row(lane, e); }
+  FLASHPLUS_MFMA_HD static constexpr int sc_key(int lane) { return M::c_col(lane); }
+  // dV^T += dO^T P and dK^T += Q^T dS, d tile dt, k-step qt: A at t_frag(lane, dt, qt) of
+  // dO^T / Q^T; B = the C registers of S / dP tile qt, rounded to 16 bits.
+  FLASHPLUS_MFMA_HD static constexpr int t_frag(int lane, int dt, int qt) {
+    return t_lds(dt * 16 + M::a_row(lane), qt * 16 + M::a_k(lane, 0));
+  }
+  // Their C, register e: key wave*16 + acc_key(lane), column acc_d(lane, dt, e).
+  FLASHPLUS_MFMA_HD static constexpr int acc_key(int lane) { return M::c_col(lane); }
+  FLASHPLUS_MFMA_HD static constexpr int acc_d(int lane, int dt, int e) { return dt * 16 + M::c_row(lane, e); }
+  // dQ: tile x (0 .. kDqTiles-1) of wave w is query tile dq_qt, d tile dq_dt; k-step kk over keys:
+  //   A = dS at ds_frag(lane, qt, kk), B = K at kt_frag(lane, dt, kk) of the K^T tile;
+  //   C register e: query qt*16 + dq_query(lane, e), column dt*16 + dq_d(lane).
+  FLASHPLUS_MFMA_HD static constexpr int dq_qt(int wave, int x) { return (wave + NW * x) / kDT; }
+  FLASHPLUS_MFMA_HD static constexpr int dq_dt(int wave, int x) { return (wave + NW * x) % kDT; }
+  FLASHPLUS_MFMA_HD static constexpr int ds_frag(int lane, int qt, int kk) {
+    return ds_lds(qt * 16 + M::a_row(lane), kk * 16 + M::a_k(lane, 0));
+  }
+  FLASHPLUS_MFMA_HD static constexpr int kt_frag(int lane, int dt, int kk) {
+    return kt_lds(dt * 16 + M::b_col(lane), kk * 16 + M::b_k(lane, 0));
+  }
+  FLASHPLUS_MFMA_HD static constexpr int dq_query(int lane, int e) { return M::c_row(lane, e); }
+  FLASHPLUS_MFMA_HD static constexpr int dq_d(int lane) { return M::c_col(lane); }
+};
+
 // The fp32 registers a lane keeps across the key loop (O^T, S^T, Q fragments, K/V prefetch):
 // gfx90a has 512 (256 arch + 256 acc VGPRs) per lane at one wave per SIMD.
 template <int D, int BM, int BN, int NW>
