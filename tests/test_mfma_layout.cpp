@@ -1,4 +1,4 @@
-// The AMD MFMA forward's index math, run on the CPU. No AMD device exists where this project is
+// The AMD MFMA forward's and backward's index math, run on the CPU. No AMD device exists where this project is
 // built, so this is the evidence that the kernel's fragment layouts are consistent:
 //
 //   - isa_mfma() below is the instruction as AMD documents it (AMD Matrix Instruction Calculator,
@@ -7,9 +7,9 @@
 //     elements and 4 accumulator registers.
 //   - Everything else (which LDS address a lane reads, which query row / key / head-dim column a
 //     register holds, the C -> B reuse of P, the row reductions over lanes l^16 and l^32, the
-//     global -> LDS copy including the transposed V tile) comes from mfma_layout.h, the header the
-//     HIP kernel (kernels/gpu/fwd/fwd_kernel_mfma.h) computes its addresses with, and the block
-//     emulation below follows that kernel step by step.
+//     global -> LDS copy including the transposed tiles) comes from mfma_layout.h, the header the
+//     HIP kernels (kernels/gpu/fwd/fwd_kernel_mfma.h, kernels/gpu/bwd/bwd_kernel_mfma.h) compute
+//     their addresses with, and the block emulations below follow those kernels step by step.
 //
 // If the layout header disagreed with the documented instruction, the products below would be
 // wrong. What this cannot show: that the documented layout is the hardware's (AMD's table is the
@@ -381,7 +381,7 @@ void check_case(bool bf16, int sq, int sk, int head_dim, int wl, int wr, uint32_
   reference_fwd(pr, ref_out, ref_lse);
 
   // P is rounded to 16 bits before P V (as on every tensor-core path), O to the output dtype.
-  const double tol = bf16 ? 2.5e-2 : 4e-3;
+  const double tol = bf16 ? 1.5e-2 : 2.5e-3;
   double max_err = 0, max_lse_err = 0;
   int empty_rows = 0;
   for (int i = 0; i < sq; ++i) {

@@ -12,15 +12,17 @@
 namespace flashplus::gpu {
 
 #if FLASHPLUS_VENDOR_HIP
-// The MFMA forward reads K/V rows in 16-byte pieces and Q/O in 8-byte pieces: pointers and the
-// batch/head/row strides (elements of 2 bytes) must keep every row 16-byte aligned.
+// The MFMA kernels access rows in 16-byte (K, V; Q, dO in the backward) and 8-byte pieces (Q, O;
+// K, V, dK, dV in the backward): pointers and batch/head/row strides (2-byte elements) must keep
+// every row of every tensor given 16-byte aligned (dQ is written element by element).
 inline bool tc_aligned_16(const AttnParams& p) {
   const auto ok = [](const void* ptr, const Strides3& st) {
-    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.batch % 8 == 0 && st.head % 8 == 0 &&
-           st.row % 8 == 0;
+    return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.batch % 8 == 0 &&
+                              st.head % 8 == 0 && st.row % 8 == 0);
   };
   return ok(p.q, p.q_stride) && ok(p.k, p.k_stride) && ok(p.v, p.v_stride) &&
-         ok(p.out, p.out_stride);
+         ok(p.out, p.out_stride) && ok(p.dout, p.dout_stride) && ok(p.dk, p.dk_stride) &&
+         ok(p.dv, p.dv_stride);
 }
 #endif
 
@@ -30,7 +32,7 @@ inline Status tc_supports(const AttnParams& p, const KernelConfig& cfg, const ch
   const std::string f = family;
 #if FLASHPLUS_VENDOR_HIP
   // v_mfma_f32_16x16x16bf16_1k: gfx90a and gfx94x (gfx908 has another bf16 form). The library's
-  // code object is for FLASHPLUS_HIP_ARCH (default gfx90a).
+  // code object is for FLASHPLUS_HIP_ARCH (default gfx90a). fwd and bwd both have MFMA kernels.
   const int arch = current_arch(p.device_index);
   if (!platform::arch_has_mfma(arch) || arch == platform::kArchGfx908)
     return Status::NoInstance(f + ": needs MFMA with 16x16x16 bf16/f16 (gfx90a, gfx94x)");
