@@ -11,7 +11,7 @@
 //      in registers. The block walks (query head of the group) x (query blocks of BM rows that see
 //      its keys); per step: Q, dO -> LDS (row-major and transposed), then
 //        S = Q K^T -> P; dV^T += dO^T P; dP = dO V^T -> dS = P (dP - Dsum); dK^T += Q^T dS;
-//        dS -> LDS; dQ += dS K (all waves, fp32 atomics into the accumulator).
+//        dS -> LDS; dQ += dS K (all waves, global_atomic_add_f32 into the accumulator).
 //   3. bwd_mfma_convert_dq: accumulator (pre-scaled) -> dtype, any dq strides.
 #pragma once
 #include "platform/gpu_runtime.h"
@@ -290,7 +290,10 @@ __global__ void __launch_bounds__(NW * 64)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int ql = qt * 16 + G::dq_query(lane, e);
-          if (ql < rows_q) atomicAdd(dqa + static_cast<int64_t>(ql) * D + d, acc[e] * p.softmax_scale);
+          // The accumulator is our hipMalloc workspace (coarse-grained memory), where gfx90a's
+          // global_atomic_add_f32 is valid; atomicAdd would be a compare-and-swap loop.
+          if (ql < rows_q)
+            unsafeAtomicAdd(dqa + static_cast<int64_t>(ql) * D + d, acc[e] * p.softmax_scale);
         }
     }
   }
