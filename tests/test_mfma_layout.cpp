@@ -435,9 +435,13 @@ struct BwdInputs {
 
 // The kernel bwd_mfma_kernel<T, D, BN, BM, NW> (plus preprocess and dQ conversion) on one
 // (batch, head), plain path, every block and wave simulated in the kernel's step order.
+// GQA: hs[g] / ins[g] are the query heads of one kv head (same k, v), dq[g] their gradients.
 template <int D, int BN, int BM, int NW>
-void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
-                 std::vector<float>& dk, std::vector<float>& dv) {
+void emulate_bwd(const std::vector<Problem>& hs, const std::vector<BwdInputs>& ins,
+                 std::vector<std::vector<float>>& dq, std::vector<float>& dk,
+                 std::vector<float>& dv) {
+  const Problem& pr = hs[0];  // sizes, k, v
+  const int group = static_cast<int>(hs.size());
   using G = prim::mfma::BwdMfmaGeom<D, BN, BM, NW>;
   constexpr int kQT = G::kQT, kDT = G::kDT, kKT = G::kKT;
   const AttnParams p = params_of(pr);
@@ -448,15 +452,17 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
   dv.assign(static_cast<size_t>(sk) * head_dim, nan);
   const float scale_log2 = pr.scale * 1.4426950408889634f;
 
-  // 1. preprocess
-  std::vector<float> dsum(sq), dq_accum(static_cast<size_t>(sq) * D, 0.f);
-  for (int i = 0; i < sq; ++i) {
-    float s = 0.f;
-    for (int d = 0; d < head_dim; ++d)
-      s += to_float(bf, in.out[static_cast<int64_t>(i) * pr.stride + d]) *
-           to_float(bf, in.dout[static_cast<int64_t>(i) * pr.stride + d]);
-    dsum[i] = s;
-  }
+  // 1. preprocess (per query head)
+  std::vector<std::vector<float>> dsum(group, std::vector<float>(sq)),
+      dq_accum(group, std::vector<float>(static_cast<size_t>(sq) * D, 0.f));
+  for (int g = 0; g < group; ++g)
+    for (int i = 0; i < sq; ++i) {
+      float s = 0.f;
+      for (int d = 0; d < head_dim; ++d)
+        s += to_float(bf, ins[g].out[static_cast<int64_t>(i) * pr.stride + d]) *
+             to_float(bf, ins[g].dout[static_cast<int64_t>(i) * pr.stride + d]);
+      dsum[g][i] = s;
+    }
 
   for (int n_block = 0; n_block * BN < sk; ++n_block) {
     const int n0 = n_block * BN, rows_k = std::min(BN, sk - n0);
@@ -500,8 +506,11 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
       for (int dt = 0; dt < kDT; ++dt)
         for (int l = 0; l < kLanes; ++l) acc_dk[w][dt][l] = acc_dv[w][dt][l] = {0.f, 0.f, 0.f, 0.f};
 
-    for (int it = 0; it < m_count; ++it) {
-      const int m0 = (m_first + it) * BM, rows_q = std::min(BM, sq - m0);
+    for (int it = 0; it < group * m_count; ++it) {  // (query head, query block), as the kernel
+      const int hq = it / m_count;
+      const int m0 = (m_first + it % m_count) * BM, rows_q = std::min(BM, sq - m0);
+      const Problem& ph = hs[hq];
+      const BwdInputs& in = ins[hq];
       std::vector<uint16_t> sQ(G::kRowElems, 0xffff), sdO(G::kRowElems, 0xffff);
       std::vector<uint16_t> sQt(G::kTElems, 0xffff), sdOt(G::kTElems, 0xffff);
       std::vector<uint16_t> sdS(G::kDsElems, 0xffff);
@@ -511,7 +520,7 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
         for (int e = 0; e < 8; ++e) {
           const bool ok = r < rows_q && ch < dchunks;
           const int64_t src = static_cast<int64_t>(m0 + r) * pr.stride + ch * 8 + e;
-          const uint16_t xq = ok ? pr.q[src] : 0, xd = ok ? in.dout[src] : 0;
+          const uint16_t xq = ok ? ph.q[src] : 0, xd = ok ? in.dout[src] : 0;
           sQ[G::row_lds(r, ch * 8 + e)] = xq;
           sdO[G::row_lds(r, ch * 8 + e)] = xd;
           sQt[G::t_lds(ch * 8 + e, r)] = xq;
@@ -520,7 +529,7 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
       }
       for (int r = 0; r < BM; ++r) {
         sLse[r] = r < rows_q ? in.lse[m0 + r] * 1.4426950408889634f : INFINITY;
-        sDs[r] = r < rows_q ? dsum[m0 + r] : 0.f;
+        sDs[r] = r < rows_q ? dsum[hq][m0 + r] : 0.f;
       }
       const int q_last = m0 + rows_q - 1;
       bool full_tile = n0 + BN <= sk;
@@ -608,7 +617,7 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
             if (d >= head_dim) continue;
             for (int e = 0; e < 4; ++e) {
               const int ql = qt * 16 + G::dq_query(l, e);
-              if (ql < rows_q) dq_accum[static_cast<int64_t>(m0 + ql) * D + d] += acc[l][e] * pr.scale;
+              if (ql < rows_q) dq_accum[hq][static_cast<int64_t>(m0 + ql) * D + d] += acc[l][e] * pr.scale;
             }
           }
         }
@@ -630,11 +639,12 @@ void emulate_bwd(const Problem& pr, const BwdInputs& in, std::vector<float>& dq,
       }
   }
   // 3. convert
-  dq.assign(static_cast<size_t>(sq) * head_dim, 0.f);
-  for (int i = 0; i < sq; ++i)
-    for (int d = 0; d < head_dim; ++d)
-      dq[static_cast<int64_t>(i) * head_dim + d] =
-          to_float(bf, to_bits(bf, dq_accum[static_cast<int64_t>(i) * D + d]));
+  dq.assign(group, std::vector<float>(static_cast<size_t>(sq) * head_dim, 0.f));
+  for (int g = 0; g < group; ++g)
+    for (int i = 0; i < sq; ++i)
+      for (int d = 0; d < head_dim; ++d)
+        dq[g][static_cast<int64_t>(i) * head_dim + d] =
+            to_float(bf, to_bits(bf, dq_accum[g][static_cast<int64_t>(i) * D + d]));
 }
 
 // fp64 backward of the rounded inputs, with the given (rounded) O for Dsum.
@@ -683,8 +693,9 @@ double rel_l2(const std::vector<float>& x, const std::vector<double>& ref) {
 }
 
 template <int D, int BN, int BM, int NW>
-void check_bwd_case(bool bf16, int sq, int sk, int head_dim, int wl, int wr, uint32_t seed) {
-  CAPTURE(D, BN, BM, NW, bf16, sq, sk, head_dim, wl, wr, seed);
+void check_bwd_case(bool bf16, int sq, int sk, int head_dim, int wl, int wr, uint32_t seed,
+                    int group = 1) {
+  CAPTURE(D, BN, BM, NW, bf16, sq, sk, head_dim, wl, wr, seed, group);
   Problem pr;
   pr.bf16 = bf16;
   pr.sq = sq;
@@ -695,35 +706,55 @@ void check_bwd_case(bool bf16, int sq, int sk, int head_dim, int wl, int wr, uin
   pr.window_right = wr;
   pr.scale = 1.f / std::sqrt(static_cast<float>(head_dim));
   std::mt19937 rng(seed);
-  pr.q = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng, 1.5f);
   pr.k = random_bits(bf16, static_cast<size_t>(sk) * pr.stride, rng, 1.5f);
   pr.v = random_bits(bf16, static_cast<size_t>(sk) * pr.stride, rng);
-  BwdInputs in;
-  in.dout = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng);
   const uint16_t nan_bits = bf16 ? 0x7fc0 : 0x7e00;
-  for (auto* t : {&pr.q, &pr.k, &pr.v, &in.dout})
-    for (size_t r = 0; r < t->size() / pr.stride; ++r)
-      for (int d = head_dim; d < pr.stride; ++d) (*t)[r * pr.stride + d] = nan_bits;
-  std::vector<double> ref_out, ref_lse;
-  reference_fwd(pr, ref_out, ref_lse);
-  in.out.assign(static_cast<size_t>(sq) * pr.stride, nan_bits);
-  in.lse.resize(sq);
-  for (int i = 0; i < sq; ++i) {
-    for (int d = 0; d < head_dim; ++d)
-      in.out[static_cast<int64_t>(i) * pr.stride + d] =
-          to_bits(bf16, static_cast<float>(ref_out[static_cast<int64_t>(i) * head_dim + d]));
-    in.lse[i] = static_cast<float>(ref_lse[i]);
+  const auto poison_padding = [&](std::vector<uint16_t>& t) {
+    for (size_t r = 0; r < t.size() / pr.stride; ++r)
+      for (int d = head_dim; d < pr.stride; ++d) t[r * pr.stride + d] = nan_bits;
+  };
+  poison_padding(pr.k);
+  poison_padding(pr.v);
+  std::vector<Problem> hs(group, pr);  // the query heads of the kv head: own q, shared k, v
+  std::vector<BwdInputs> ins(group);
+  std::vector<std::vector<double>> ref_lse(group);
+  for (int g = 0; g < group; ++g) {
+    hs[g].q = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng, 1.5f);
+    ins[g].dout = random_bits(bf16, static_cast<size_t>(sq) * pr.stride, rng);
+    poison_padding(hs[g].q);
+    poison_padding(ins[g].dout);
+    std::vector<double> ref_out;
+    reference_fwd(hs[g], ref_out, ref_lse[g]);
+    ins[g].out.assign(static_cast<size_t>(sq) * pr.stride, nan_bits);
+    ins[g].lse.resize(sq);
+    for (int i = 0; i < sq; ++i) {
+      for (int d = 0; d < head_dim; ++d)
+        ins[g].out[static_cast<int64_t>(i) * pr.stride + d] =
+            to_bits(bf16, static_cast<float>(ref_out[static_cast<int64_t>(i) * head_dim + d]));
+      ins[g].lse[i] = static_cast<float>(ref_lse[g][i]);
+    }
   }
 
-  std::vector<float> dq, dk, dv;
-  emulate_bwd<D, BN, BM, NW>(pr, in, dq, dk, dv);
-  std::vector<double> rdq, rdk, rdv;
-  reference_bwd(pr, in, ref_lse, rdq, rdk, rdv);
-  const double edq = rel_l2(dq, rdq), edk = rel_l2(dk, rdk), edv = rel_l2(dv, rdv);
-  INFO("rel L2: dq " << edq << ", dk " << edk << ", dv " << edv);
+  std::vector<std::vector<float>> dq;
+  std::vector<float> dk, dv;
+  emulate_bwd<D, BN, BM, NW>(hs, ins, dq, dk, dv);
+  // Reference: per query head; dK, dV summed over the group.
+  std::vector<double> rdk(static_cast<size_t>(sk) * head_dim, 0.0), rdv(rdk);
   // P and dS are rounded to 16 bits before their products (as on every tensor-core path).
   const double tol = bf16 ? 1e-2 : 1.5e-3;
-  CHECK(edq <= tol);
+  for (int g = 0; g < group; ++g) {
+    std::vector<double> rdq, gdk, gdv;
+    reference_bwd(hs[g], ins[g], ref_lse[g], rdq, gdk, gdv);
+    for (size_t n = 0; n < rdk.size(); ++n) {
+      rdk[n] += gdk[n];
+      rdv[n] += gdv[n];
+    }
+    const double edq = rel_l2(dq[g], rdq);
+    INFO("head " << g << ": rel L2 dq " << edq);
+    CHECK(edq <= tol);
+  }
+  const double edk = rel_l2(dk, rdk), edv = rel_l2(dv, rdv);
+  INFO("rel L2: dk " << edk << ", dv " << edv);
   CHECK(edk <= tol);
   CHECK(edv <= tol);
 }
@@ -741,6 +772,7 @@ TEST_CASE("mfma backward: the kernel's blocks emulated on a 64-lane wave match f
       check_bwd_case<128, 64, 16, 4>(bf16, 90, 47, 128, 47, 0, 25);    // causal sq > sk: empty rows
       check_bwd_case<128, 64, 32, 4>(bf16, 1, 33, 128, -1, -1, 26);    // one query row
       check_bwd_case<64, 64, 64, 4>(bf16, 40, 1, 64, -1, -1, 27);      // one key
+      check_bwd_case<128, 64, 32, 4>(bf16, 50, 70, 128, 70, 0, 28, 3); // GQA: 3 query heads
     }
   }
 }
