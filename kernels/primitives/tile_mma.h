@@ -3,7 +3,7 @@
 // kernels/gpu/fwd and kernels/gpu/bwd are written against these names only.
 //
 // NVIDIA path: mma.sync.m16n8k16 (sm_80+, also used on sm_90a), ldmatrix(.trans), cp.async.
-// AMD path (CDNA MFMA, wave64): not written yet; see the guarded stub at the end of this file.
+// AMD path (CDNA MFMA, wave64): primitives/tile_mma_amd.h, its layouts in primitives/mfma_layout.h.
 //
 // Fragment layouts of mma.m16n8k16 (per warp of 32 lanes; g = lane / 4, t = lane % 4):
 //   A (16x16, row-major), 4 x b32 registers, each 2 consecutive-k elements:
@@ -22,6 +22,10 @@
 
 #define FLASHPLUS_PRIM_AMD FLASHPLUS_VENDOR_HIP
 #define FP_DEV __device__ __forceinline__
+
+#if FLASHPLUS_PRIM_AMD
+#include "primitives/tile_mma_amd.h"
+#endif
 
 namespace flashplus::prim {
 
@@ -148,18 +152,6 @@ FP_DEV float fast_exp2(float x) {  // ex2.approx: 2^x, exact 0 for -inf
   return y;
 }
 
-#else  // FLASHPLUS_PRIM_AMD
-
-// TODO(amd): CDNA path. Plan: wave64; v_mfma_f32_32x32x8{f16,bf16} (or 16x16x16) with its own
-// A/B/C register layouts; ds_read_b64 instead of ldmatrix (no transpose form: V^T is staged via
-// a transposed shared-memory store); global_load_dword* + LDS stores instead of cp.async;
-// reductions over the 64 lanes of a row group with DPP. The kernels' tile shapes keep 16 rows per
-// warp as the unit, which maps to 16x16x16 MFMA tiles. Until it exists, the HIP build must not
-// instantiate the tensor-core kernels (run_*_tc returns no_instance there).
-template <typename T> struct Elem {
-  static_assert(sizeof(T) == 0, "flashplus::prim: the AMD MFMA path is not implemented yet");
-};
-
-#endif  // FLASHPLUS_PRIM_AMD
+#endif  // !FLASHPLUS_PRIM_AMD
 
 }  // namespace flashplus::prim

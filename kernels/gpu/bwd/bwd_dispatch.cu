@@ -6,7 +6,9 @@
 #include "gpu/gpu_kernels.h"
 #include "gpu/tc_common.h"
 #include "platform/arch.h"
-#if !FLASHPLUS_VENDOR_HIP
+#if FLASHPLUS_VENDOR_HIP
+#include "gpu/bwd/bwd_kernel_mfma.h"  // the MFMA tile list (templates only, nothing instantiated)
+#else
 #include "gpu/bwd/bwd_kernel.cuh"  // the tile list (templates only, nothing instantiated)
 #endif
 
@@ -14,10 +16,6 @@ namespace flashplus::gpu {
 
 Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   FLASHPLUS_RETURN_IF_ERROR(tc_supports(p, cfg, "bwd_tc"));
-#if FLASHPLUS_VENDOR_HIP
-  (void)stream;
-  return Status::NoInstance("bwd_tc: not compiled for HIP");
-#else
   const int d = tc::head_dim_bucket(p.head_dim);
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
@@ -27,12 +25,10 @@ Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
     case 256: return bf ? tc::bwd_bf16_d256(p, cfg, s) : tc::bwd_f16_d256(p, cfg, s);
     default: return Status::NoInstance("bwd_tc: no head-dim bucket for " + std::to_string(p.head_dim));
   }
-#endif
 }
 
 std::vector<KernelConfig> bwd_tc_configs(int head_dim) {
   std::vector<KernelConfig> r;
-#if !FLASHPLUS_VENDOR_HIP
   const int d = tc::head_dim_bucket(head_dim);
 #define FLASHPLUS_BWD_CFG(DD, BN, BM, NW) \
   if (DD == d) {                        \
@@ -42,13 +38,16 @@ std::vector<KernelConfig> bwd_tc_configs(int head_dim) {
     c.num_warps = NW;                   \
     r.push_back(c);                     \
   }
+#if FLASHPLUS_VENDOR_HIP
+  FLASHPLUS_BWD_MFMA_TILES_D64(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_MFMA_TILES_D128(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_MFMA_TILES_D256(FLASHPLUS_BWD_CFG)
+#else
   FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_CFG)
-#undef FLASHPLUS_BWD_CFG
-#else
-  (void)head_dim;
 #endif
+#undef FLASHPLUS_BWD_CFG
   return r;
 }
 

@@ -5,7 +5,9 @@
 #include "gpu/gpu_kernels.h"
 #include "gpu/tc_common.h"
 #include "platform/arch.h"
-#if !FLASHPLUS_VENDOR_HIP
+#if FLASHPLUS_VENDOR_HIP
+#include "gpu/fwd/fwd_kernel_mfma.h"  // the MFMA tile list (templates only, nothing instantiated)
+#else
 #include "gpu/fwd/fwd_kernel.cuh"  // the tile list (templates only, nothing instantiated)
 #endif
 
@@ -13,10 +15,6 @@ namespace flashplus::gpu {
 
 Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   FLASHPLUS_RETURN_IF_ERROR(tc_supports(p, cfg, "fwd_tc"));
-#if FLASHPLUS_VENDOR_HIP
-  (void)stream;
-  return Status::NoInstance("fwd_tc: not compiled for HIP");
-#else
   const int d = tc::head_dim_bucket(p.head_dim);
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
@@ -26,12 +24,10 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
     case 256: return bf ? tc::fwd_bf16_d256(p, cfg, s) : tc::fwd_f16_d256(p, cfg, s);
     default: return Status::NoInstance("fwd_tc: no head-dim bucket for " + std::to_string(p.head_dim));
   }
-#endif
 }
 
 std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
   std::vector<KernelConfig> r;
-#if !FLASHPLUS_VENDOR_HIP
   const int d = tc::head_dim_bucket(head_dim);
 #define FLASHPLUS_FWD_CFG(DD, BM, BN, NW) \
   if (DD == d) {                        \
@@ -41,13 +37,16 @@ std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
     c.num_warps = NW;                   \
     r.push_back(c);                     \
   }
+#if FLASHPLUS_VENDOR_HIP
+  FLASHPLUS_FWD_MFMA_TILES_D64(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_MFMA_TILES_D128(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_MFMA_TILES_D256(FLASHPLUS_FWD_CFG)
+#else
   FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_CFG)
   FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_CFG)
   FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_CFG)
-#undef FLASHPLUS_FWD_CFG
-#else
-  (void)head_dim;
 #endif
+#undef FLASHPLUS_FWD_CFG
   return r;
 }
 
