@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -236,6 +237,20 @@ bool kvcache_check() {
   return v;
 }
 
+// FLASHPLUS_KVCACHE_CONFIG=block_n,num_warps,stages[,num_splits] runs that kv-cache tile (for
+// measurements, e.g. a tile sweep with `flashplus bench`); unset: the heuristic's pick.
+KernelConfig kvcache_env_config() {
+  static const KernelConfig v = [] {
+    KernelConfig c;
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_CONFIG");
+    if (e != nullptr && std::sscanf(e, "%d,%d,%d,%d", &c.block_n, &c.num_warps, &c.stages,
+                                    &c.num_splits) < 3)
+      c = KernelConfig{};
+    return c;
+  }();
+  return v;
+}
+
 // mha_fwd_kvcache: pre-pass (append, rotary), attention, combine (kernels/gpu/kvcache).
 Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& dev) {
   const std::pair<const char*, const void*> tensors[] = {
@@ -248,7 +263,7 @@ Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& de
   // TODO(kvcache-fallback): route these calls (fp32, head_dim not a multiple of 8 or > 256) to the
   // portable fallback once it reads through the kv-cache geometry.
   if (!sup.ok()) return sup;
-  const KernelConfig cfg = opts.config_override ? *opts.config_override : KernelConfig{};
+  const KernelConfig cfg = opts.config_override ? *opts.config_override : kvcache_env_config();
   KernelConfig used;
   Status st = run_kvcache(p, cfg, dev.info, opts.stream, kvcache_check(), &used);
   if (st.ok()) {

@@ -1,4 +1,5 @@
 // run_kvcache: which calls the tensor-core kv-cache kernels take, and the dtype instance.
+#include <cstdint>
 #include <string>
 
 #include "gpu/kvcache/kvcache.h"
@@ -23,6 +24,16 @@ Status kvcache_supports(const AttnParams& p) {
   if (p.head_dim % 8 != 0 || p.head_dim > 256)
     return Status::Unsupported("kvcache: head_dim " + std::to_string(p.head_dim) +
                                " is not implemented on the GPU yet (multiples of 8 up to 256)");
+  // 16-byte copies of q, cache rows and out: 16-byte aligned bases, strides of 8 elements.
+  auto aligned = [](const void* ptr, const Strides3& st) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.row % 8 == 0 && st.head % 8 == 0 &&
+           st.batch % 8 == 0;
+  };
+  if (!aligned(p.q, p.q_stride) || !aligned(p.k, p.k_stride) || !aligned(p.v, p.v_stride) ||
+      !aligned(p.out, p.out_stride))
+    return Status::Unsupported(
+        "kvcache: q, k_cache, v_cache and out need 16-byte aligned rows on the GPU (strides in "
+        "multiples of 8 elements)");
   return Status::Ok();
 #endif
 }
