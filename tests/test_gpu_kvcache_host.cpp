@@ -47,8 +47,11 @@ TEST_CASE("kv-cache split heuristic fills the H100 with about two waves", "[gpu]
   CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 1) == 33);  // 264 blocks = 2 full waves
   CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 1) == 6);    // 384 blocks: 2.9 waves
   CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 1) == 1);    // 512 blocks already
-  // Two blocks per SM double the slots.
+  // More blocks per SM: more slots to fill, and a grid of one partial wave is split too.
   CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 2) == 66);
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 3) == 99);
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 3) == 17);   // 1088 blocks: 2.75 waves
+  CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 3) == 3);    // 512 = 1.3 waves: 3.9 split
   // Every split keeps at least 4 key tiles: a short cache is split less (or not at all).
   CHECK(kvcache_num_splits(decode(1, 511), dev, 64, 1) == 2);
   CHECK(kvcache_num_splits(decode(1, 100), dev, 64, 1) == 1);
@@ -68,7 +71,7 @@ TEST_CASE("kv-cache default tiles keep bytes in flight per head-dim bucket", "[g
   const KernelConfig c128 = kvcache_default_tile(128);
   CHECK(c128.block_n == 64);
   CHECK(c128.num_warps == 4);
-  CHECK(c128.stages >= 3);
+  CHECK(c128.stages >= 2);
   CHECK(c128.block_n % (16 * c128.num_warps) == 0);  // each warp takes whole k16 steps
   const KernelConfig c256 = kvcache_default_tile(256);
   CHECK(c256.block_n % (16 * c256.num_warps) == 0);

@@ -16,8 +16,11 @@
 #if FLASHPLUS_VENDOR_HIP
 #error "kvcache_kernel.cuh is the NVIDIA (mma.sync) path; HIP builds use the no_instance stub"
 #endif
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "flashplus/params.h"
@@ -32,9 +35,11 @@ namespace flashplus::gpu::kv {
 // Compiled attention tiles per head-dim bucket: X(D, BN, NW, STAGES). The first entry of a
 // bucket is its default when the heuristic names none; the host dispatch, kvcache_configs() and
 // the instantiation all read these lists.
-#define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 4) X(64, 128, 4, 4)
-#define FLASHPLUS_KV_TILES_D128(X) X(128, 64, 4, 4) X(128, 32, 2, 4) X(128, 64, 4, 6)
-#define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 4) X(256, 64, 4, 3)
+#define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 2) X(64, 64, 4, 4) X(64, 128, 4, 2)
+#define FLASHPLUS_KV_TILES_D128(X)                                                    \
+  X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) X(128, 32, 2, 2) X(128, 32, 2, 3) \
+  X(128, 128, 8, 2)
+#define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
 
 constexpr int kRows = kKvcacheBlockRows;
 
@@ -268,28 +273,47 @@ __global__ void __launch_bounds__(NW * 32)
     }
   }
 
-  // One tile of K and V: thread (r0, ch) copies chunk ch of rows r0, r0 + kRpi, ...
+  // One tile of K and V: thread (r0, ch) copies chunk ch of rows r0, r0 + kRpi, ... The
+  // per-row address math is most of the loop's instructions (and a block's warps are few), so
+  // it is kept to one add per row where the geometry allows: a contiguous cache row or a page
+  // that holds the whole tile is an arithmetic progression; only pages smaller than a tile
+  // look the block table up per row.
   constexpr int kCpr = D / 8;
   constexpr int kRpi = kThreads / kCpr;
   static_assert(kRpi >= 1 && BN % kRpi == 0, "tile rows must split evenly over the threads");
   const int r0 = tid / kCpr, ch = tid % kCpr;
   const bool ch_ok = ch < dchunks;
+  const int64_t krow = p.k_stride.row, vrow = p.v_stride.row;
+  // Contiguous cache: element offsets of key 0 (cache row of b, position leftpad).
+  int64_t k0 = 0, v0 = 0;
+  if (!p.block_table && !bad) cache_slot(p, b, lp, &k0, &v0);
+  const bool page_holds_tile = p.block_table && p.page_block_size % BN == 0;
   auto load_tile = [&](int n, int stage) {
     const uint32_t sk_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
     const uint32_t sv_base = sk_base + TileKV::kBytes;
+    const int jt = n * BN + r0;  // key of this thread's first row
+    int64_t ko = 0, vo = 0;      // offsets of that row (contiguous / whole-tile page)
+    bool tile_ok = true;
+    if (!p.block_table) {
+      ko = k0 + jt * krow;
+      vo = v0 + jt * vrow;
+    } else if (page_holds_tile) {
+      tile_ok = cache_slot(p, b, n * BN, &ko, &vo);  // leftpad is 0 with a block table
+      ko += r0 * krow;
+      vo += r0 * vrow;
+    }
 #pragma unroll
     for (int it = 0; it < BN / kRpi; ++it) {
-      const int r = r0 + it * kRpi, j = n * BN + r;
-      int64_t ko = 0, vo = 0;
-      bool ok = j < sk;
-      if (ok && !cache_slot(p, b, lp + j, &ko, &vo)) {
-        bad |= kKvErrBlockTable;
-        ok = false;
-      }
+      const int r = r0 + it * kRpi, j = jt + it * kRpi;
+      bool ok = j < sk && tile_ok;
+      int64_t kr = ko + static_cast<int64_t>(it) * kRpi * krow;
+      int64_t vr = vo + static_cast<int64_t>(it) * kRpi * vrow;
+      if (ok && p.block_table && !page_holds_tile) ok = cache_slot(p, b, j, &kr, &vr);
+      if (j < sk && !ok) bad |= kKvErrBlockTable;
       ok = ok && ch_ok;
       const uint32_t o = 2 * TileKV::offset(r, ch * 8);
-      prim::cp_async_16(sk_base + o, ok ? kbase + ko + ch * 8 : kbase, ok);
-      prim::cp_async_16(sv_base + o, ok ? vbase + vo + ch * 8 : vbase, ok);
+      prim::cp_async_16(sk_base + o, ok ? kbase + kr + ch * 8 : kbase, ok);
+      prim::cp_async_16(sv_base + o, ok ? vbase + vr + ch * 8 : vbase, ok);
     }
   };
 
@@ -521,12 +545,19 @@ __global__ void __launch_bounds__(128) kv_combine_kernel(const AttnParams p, con
 
 // ---- host: launch one tile ----------------------------------------------------------------------
 
-// Blocks of the tile that fit on one SM (for the split heuristic).
+constexpr int kMaxDevices = 64;
+
+// Blocks of the tile that fit on one SM (for the split heuristic), after allowing the tile's
+// shared memory. Both are per-device runtime calls worth microseconds, i.e. a few percent of a
+// decoding step: done once per (tile, device), the answer kept.
 template <typename T, int D, int BN, int NW, int STAGES>
 Status kv_prepare_tile(int* blocks_per_sm) {
   using Tr = KvTraits<D, BN, NW, STAGES>;
-  int dev = 0, max_smem = 0;
+  static std::atomic<int> known[kMaxDevices];  // 0 = not asked yet
+  int dev = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < kMaxDevices && (*blocks_per_sm = known[dev].load()) > 0) return Status::Ok();
+  int max_smem = 0;
   FLASHPLUS_GPU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (Tr::kSmemBytes > max_smem)
     return Status::NoInstance("kvcache: tile needs more shared memory than this device has");
@@ -535,6 +566,31 @@ Status kv_prepare_tile(int* blocks_per_sm) {
                                            Tr::kSmemBytes));
   FLASHPLUS_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel,
                                                                      Tr::kThreads, Tr::kSmemBytes));
+  *blocks_per_sm = std::max(1, *blocks_per_sm);
+  if (dev >= 0 && dev < kMaxDevices) known[dev].store(*blocks_per_sm);
+  return Status::Ok();
+}
+
+// The workspace pool of `dev`: the runtime's default pool gives its memory back to the driver
+// at every synchronisation (release threshold 0), so each call's cudaMallocAsync would map pages
+// again; this one keeps its high-water mark (a few MiB of split accumulators at most).
+inline Status kv_workspace_pool(int dev, cudaMemPool_t* pool) {
+  static std::mutex mu;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  if (dev < 0 || dev >= kMaxDevices) return Status::Unsupported("kvcache: device index beyond 64");
+  std::lock_guard<std::mutex> lock(mu);
+  if (pools[dev] == nullptr) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    cudaMemPool_t created = nullptr;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolCreate(&created, &props));
+    uint64_t keep = UINT64_MAX;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[dev] = created;
+  }
+  *pool = pools[dev];
   return Status::Ok();
 }
 
@@ -605,9 +661,14 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   const int64_t q_bytes = rot ? round_up_256(rows * p.head_dim * static_cast<int64_t>(sizeof(T))) : 0;
   const int64_t lse_bytes = nsplit > 1 ? round_up_256(nsplit * rows * 4) : 0;
   const int64_t o_bytes = nsplit > 1 ? nsplit * rows * p.head_dim * 4 : 0;
+  int device = 0;
+  FLASHPLUS_GPU_CHECK(cudaGetDevice(&device));
+  cudaMemPool_t pool = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(kv_workspace_pool(device, &pool));
   char* ws = nullptr;
-  FLASHPLUS_GPU_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws),
-                                      static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes), stream));
+  FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws),
+                                              static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
+                                              pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
   a.err = reinterpret_cast<int*>(ws);
