@@ -59,7 +59,7 @@ inline long long kvcache_blocks(const AttnParams& p) {
 // Default kv-cache tile per head-dim bucket: block_n keys per pipeline stage (each of num_warps
 // warps takes block_n / num_warps of them), `stages` tiles in the cp.async ring. Decoding is
 // bound by the cache read, and on the H100 one warp's loop turns out latency-bound (a fixed
-// time per tile whatever its size, docs/PERF.md "KV-cache decoding"), so the tile is chosen
+// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is chosen
 // for warps (and bytes in flight) per SM: a small ring (2 stages of 64 x 128 bf16 K + V,
 // 68 KiB) lets 3 blocks = 12 warps share an SM.
 inline KernelConfig kvcache_default_tile(int head_dim) {
