@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -14,6 +15,7 @@
 #include "backend.h"
 #include "gpu/gpu_kernels.h"
 #include "gpu/heuristics.h"
+#include "gpu/kvcache/kvcache.h"
 #include "platform/arch.h"
 #include "platform/gpu_runtime.h"
 
@@ -224,10 +226,58 @@ Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
   return finish(what, fb());
 }
 
+// FLASHPLUS_KVCACHE_CHECK=0 skips reading the kv-cache kernels' error word back (one 4-byte copy
+// and a stream synchronisation per call); out-of-range indices are still never read, only no
+// longer reported.
+bool kvcache_check() {
+  static const bool v = [] {
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_CHECK");
+    return e == nullptr || e[0] == '\0' || e[0] != '0';
+  }();
+  return v;
+}
+
+// FLASHPLUS_KVCACHE_CONFIG=block_n,num_warps,stages[,num_splits] runs that kv-cache tile (for
+// measurements, e.g. a tile sweep with `flashplus bench`); unset: the heuristic's pick.
+KernelConfig kvcache_env_config() {
+  static const KernelConfig v = [] {
+    KernelConfig c;
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_CONFIG");
+    if (e != nullptr && std::sscanf(e, "%d,%d,%d,%d", &c.block_n, &c.num_warps, &c.stages,
+                                    &c.num_splits) < 3)
+      c = KernelConfig{};
+    return c;
+  }();
+  return v;
+}
+
+// mha_fwd_kvcache: pre-pass (append, rotary), attention, combine (kernels/gpu/kvcache).
+Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& dev) {
+  const std::pair<const char*, const void*> tensors[] = {
+      {"k_new", p.k_new},           {"v_new", p.v_new},
+      {"cache_seqlens", p.cache_seqlens}, {"cache_batch_idx", p.cache_batch_idx},
+      {"cache_leftpad", p.cache_leftpad}, {"block_table", p.block_table},
+      {"rotary_cos", p.rotary_cos}, {"rotary_sin", p.rotary_sin}};
+  for (const auto& t : tensors) FLASHPLUS_RETURN_IF_ERROR(check_pointer(t.first, t.second));
+  Status sup = kvcache_supports(p);
+  // TODO(kvcache-fallback): route these calls (fp32, head_dim not a multiple of 8 or > 256) to the
+  // portable fallback once it reads through the kv-cache geometry.
+  if (!sup.ok()) return sup;
+  const KernelConfig cfg = opts.config_override ? *opts.config_override : kvcache_env_config();
+  KernelConfig used;
+  Status st = run_kvcache(p, cfg, dev.info, opts.stream, kvcache_check(), &used);
+  if (st.ok()) {
+    t_last = used;
+    t_has_last = true;
+  }
+  return finish("fwd_kvcache", std::move(st));
+}
+
 Status fwd(const AttnParams& p, const RunOptions& opts) {
   DeviceGuard guard;
   const Device* dev = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
+  if (p.is_kvcache) return p.batch == 0 ? Status::Ok() : fwd_kvcache(p, opts, *dev);
   if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
   const auto fb = [&] { return run_fwd_fallback(p, opts.stream); };
   // seqlen_k == 0: every row is empty; the fallback writes out = 0, lse = +inf without a K loop.
@@ -448,7 +498,7 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       gpu::devices,        gpu::alloc,           gpu::free_mem,      gpu::copy_h2d,
       gpu::copy_d2h,       gpu::synchronize,     gpu::timer_create,  gpu::timer_destroy,
       gpu::timer_start,    gpu::timer_stop_ms,
-      /*features=*/0,
+      /*features=*/FLASHPLUS_VENDOR_HIP ? 0u : detail::kFeatureKvcache,
       /*measure_copy_gbs=*/gpu::measure_copy_gbs,
 #if FLASHPLUS_VENDOR_HIP
       /*measure_matmul_tflops=*/nullptr,  // no rocBLAS loader yet

@@ -2,6 +2,8 @@
 // cached description of the device, so they can be unit-tested without a GPU and later replaced
 // by the tuned-table lookup (the autotune issue) behind the same signature.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 
 #include "flashplus/params.h"
@@ -39,6 +41,66 @@ inline KernelConfig choose_config(const AttnParams& p, const DeviceInfo& dev, Pa
     c.num_warps = dev.warp_size == 64 ? 2 : 4;  // one warp (wave) per 16 rows; wave64 halves it
   }
   return c;
+}
+
+// ---- kv-cache decoding (kernels/gpu/kvcache) ------------------------------------------------------
+
+// Query rows one kv-cache attention block holds: the group's query heads of seqlen_q tokens are
+// packed (row r = token r / group, head r % group of the kv head), one m16 tile per block.
+constexpr int kKvcacheBlockRows = 16;
+
+// Blocks of one kv-cache attention launch before splitting the keys: (row blocks, kv heads, batch).
+inline long long kvcache_blocks(const AttnParams& p) {
+  const long long rows = static_cast<long long>(p.seqlen_q) * p.group();
+  return static_cast<long long>(p.batch) * p.nheads_k *
+         ((rows + kKvcacheBlockRows - 1) / kKvcacheBlockRows);
+}
+
+// Default kv-cache tile per head-dim bucket: block_n keys per pipeline stage (each of num_warps
+// warps takes block_n / num_warps of them), `stages` tiles in the cp.async ring. Decoding is
+// bound by the cache read, and on the H100 one warp's loop turns out latency-bound (a fixed
+// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is chosen
+// for warps (and bytes in flight) per SM: a small ring (2 stages of 64 x 128 bf16 K + V,
+// 68 KiB) lets 3 blocks = 12 warps share an SM.
+inline KernelConfig kvcache_default_tile(int head_dim) {
+  KernelConfig c;
+  if (head_dim <= 128) {
+    c.block_n = 64;
+    c.num_warps = 4;
+    c.stages = 2;
+  } else {
+    c.block_n = 32;
+    c.num_warps = 2;
+    c.stages = 2;
+  }
+  return c;
+}
+
+// Splits of the key sequence (split-KV, combined through the LSE) for a kv-cache call:
+// p.num_splits when the caller set it (> 0); otherwise the smallest count whose grid of
+// `blocks_per_sm` blocks per SM gives at least two waves with >= 90% of the last wave busy
+// (one wave of blocks is as good when it is already >= 90% full; memory-bound blocks of a
+// partial last wave leave bandwidth unused), each split keeping at least kMinTiles key tiles
+// of `block_n` (capacity p.seqlen_k: the actual lengths live on the device); 128 at most
+// (upstream's limit). When no count qualifies, the one with the fullest last wave.
+inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
+                              int blocks_per_sm) {
+  if (p.num_splits > 0) return std::min(p.num_splits, 128);
+  constexpr int kMinTiles = 4;
+  const long long base = kvcache_blocks(p);
+  if (base <= 0) return 1;
+  const double slots = static_cast<double>(std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm));
+  const long long tiles = (static_cast<long long>(p.seqlen_k) + block_n - 1) / std::max(1, block_n);
+  const int max_n = static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128));
+  auto waves = [&](int n) { return static_cast<double>(base) * n / slots; };
+  auto eff = [&](int n) { return waves(n) / std::ceil(waves(n)); };  // < 1 wave: the busy share
+  if (waves(1) >= 1. && eff(1) >= 0.9) return 1;
+  int best = 1;
+  for (int n = 1; n <= max_n; ++n) {
+    if (waves(n) >= 2. && eff(n) >= 0.9) return n;
+    if (eff(n) > eff(best) + 1e-9) best = n;
+  }
+  return best;
 }
 
 }  // namespace flashplus::gpu

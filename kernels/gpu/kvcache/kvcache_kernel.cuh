@@ -1,0 +1,723 @@
+// KV-cache decoding kernels (NVIDIA, mma.sync m16n8k16): pre-pass, split-KV attention, combine.
+// Interface and the error-word protocol: gpu/kvcache/kvcache.h.
+//
+// Attention block = 16 packed query rows (row r: token r / group, query head hk * group +
+// r % group) of one (kv head hk, sequence b, split). The block streams the split's key tiles of
+// BN keys through a STAGES-deep cp.async ring (16-byte copies, STAGES - 1 tiles in flight while
+// one is computed): decoding is bound by the cache read, so what matters is bytes in flight per
+// SM, not MMA throughput. Each of the NW warps takes its own BN / NW keys of every tile and keeps
+// its own online softmax (flash-decoding inside the block); the warps' partial results are merged
+// once at the end through shared memory. Rows are masked per token with the sequence's actual
+// lengths (bottom-right aligned causal/window), keys are addressed through the cache geometry
+// (block table / cache_batch_idx / leftpad) and every index read from the caller's tensors is
+// range-checked before it is used.
+#pragma once
+#include "platform/gpu_runtime.h"
+#if FLASHPLUS_VENDOR_HIP
+#error "kvcache_kernel.cuh is the NVIDIA (mma.sync) path; HIP builds use the no_instance stub"
+#endif
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "flashplus/params.h"
+#include "flashplus/status.h"
+#include "gpu/kvcache/kvcache.h"
+#include "platform/types.h"
+#include "primitives/attn_score.h"
+#include "primitives/tile_mma.h"
+
+namespace flashplus::gpu::kv {
+
+// Compiled attention tiles per head-dim bucket: X(D, BN, NW, STAGES). The first entry of a
+// bucket is its default when the heuristic names none; the host dispatch, kvcache_configs() and
+// the instantiation all read these lists.
+#define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 2) X(64, 64, 4, 4) X(64, 128, 4, 2)
+#define FLASHPLUS_KV_TILES_D128(X)                                                    \
+  X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) X(128, 32, 2, 2) X(128, 32, 2, 3) \
+  X(128, 128, 8, 2)
+#define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
+
+constexpr int kRows = kKvcacheBlockRows;
+
+// What the attention and combine kernels receive besides the params.
+struct KvArgs {
+  int nsplit = 1;
+  float* o_acc = nullptr;    // (nsplit, batch, nheads, seqlen_q, head_dim) fp32, normalised
+  float* lse_acc = nullptr;  // (nsplit, batch, nheads, seqlen_q) fp32; -inf = the split saw nothing
+  int* err = nullptr;        // device error word (KvcacheError bits)
+};
+
+template <int D, int BN, int NW, int STAGES>
+struct KvTraits {
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kKW = BN / NW;  // keys of a tile per warp
+  static constexpr int kNT = kKW / 8;  // n8 tiles of S per warp
+  static constexpr int kDT = D / 8;    // n8 tiles of O
+  using TileQ = prim::SwizzledTile<kRows, D>;
+  using TileKV = prim::SwizzledTile<BN, D>;
+  static constexpr int kPipeBytes = TileQ::kBytes + STAGES * 2 * TileKV::kBytes;
+  // Merge area (reuses the pipeline's memory): per-warp row max/sum and fp32 O, padded rows.
+  static constexpr int kOPitch = D + 4;
+  static constexpr int kMergeBytes = 2 * NW * kRows * 4 + NW * kRows * kOPitch * 4;
+  static constexpr int kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  static_assert(kKW % 16 == 0, "each warp needs whole k16 steps of keys");
+  static_assert(D % 64 == 0, "the ldmatrix address trick needs rows of >= 128 bytes");
+  static_assert(STAGES >= 2, "at least double buffering");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 per-block limit");
+};
+
+// ---- geometry with range checks --------------------------------------------------------------
+
+// Keys sequence b attends to (AttnParams::actual_seqlen_k) after checking the indices it depends
+// on; 0 (and *err bits) when one is out of range.
+__device__ __forceinline__ int checked_seqlen_k(const AttnParams& p, int b, int* err) {
+  int end = p.seqlen_k;
+  if (p.cache_seqlens) {
+    const long long cs = p.cache_seqlens[b];
+    if (cs < 0 || cs + p.seqlen_new > p.seqlen_k) {
+      *err |= kKvErrSeqlens;
+      return 0;
+    }
+    end = static_cast<int>(cs) + p.seqlen_new;
+  }
+  const int lp = p.leftpad(b);
+  if (lp < 0 || lp > end) {
+    *err |= kKvErrLeftpad;
+    return 0;
+  }
+  if (!p.block_table && p.cache_batch_idx) {
+    const int r = p.cache_batch_idx[b];
+    if (r < 0 || r >= p.batch_cache) {
+      *err |= kKvErrBatchIdx;
+      return 0;
+    }
+  }
+  return end - lp;
+}
+
+// Element offsets (head 0) of the k and v cache slots at logical position pos of sequence b;
+// false (nothing to read) when the page's block_table entry is out of range.
+__device__ __forceinline__ bool cache_slot(const AttnParams& p, int b, int pos, int64_t* ko,
+                                           int64_t* vo) {
+  if (p.block_table) {
+    const int blk = p.block_table[static_cast<int64_t>(b) * p.block_table_batch_stride +
+                                  pos / p.page_block_size];
+    if (blk < 0 || blk >= p.num_blocks) return false;
+    const int w = pos % p.page_block_size;
+    *ko = static_cast<int64_t>(blk) * p.k_stride.batch + static_cast<int64_t>(w) * p.k_stride.row;
+    *vo = static_cast<int64_t>(blk) * p.v_stride.batch + static_cast<int64_t>(w) * p.v_stride.row;
+    return true;
+  }
+  const int r = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+  *ko = static_cast<int64_t>(r) * p.k_stride.batch + static_cast<int64_t>(pos) * p.k_stride.row;
+  *vo = static_cast<int64_t>(r) * p.v_stride.batch + static_cast<int64_t>(pos) * p.v_stride.row;
+  return true;
+}
+
+// Channel c of row x (d channels, storage T) rotated at position pos (API.md §7.1), fp32 without
+// contraction so the result matches the CPU backend's rounding; channels >= rotary_dim pass.
+template <typename T>
+__device__ __forceinline__ float rotary_channel(const AttnParams& p, const T* x, int c, int pos) {
+  using E = prim::Elem<T>;
+  const float xc = E::to_float(x[c]);
+  if (c >= p.rotary_dim) return xc;
+  const int half = p.rotary_dim / 2;
+  const T* cs = static_cast<const T*>(p.rotary_cos) + static_cast<int64_t>(pos) * half;
+  const T* sn = static_cast<const T*>(p.rotary_sin) + static_cast<int64_t>(pos) * half;
+  int j, partner;
+  bool first;
+  if (p.rotary_interleaved) {
+    j = c / 2;
+    first = (c & 1) == 0;
+    partner = first ? c + 1 : c - 1;
+  } else {
+    first = c < half;
+    j = first ? c : c - half;
+    partner = first ? c + half : c - half;
+  }
+  const float co = E::to_float(cs[j]), si = E::to_float(sn[j]);
+  const float xp = E::to_float(x[partner]);
+  // first: x0 * cos - x1 * sin; second: x0 * sin + x1 * cos (x0 = the first of the pair).
+  return first ? __fsub_rn(__fmul_rn(xc, co), __fmul_rn(xp, si))
+               : __fadd_rn(__fmul_rn(xp, si), __fmul_rn(xc, co));
+}
+
+// ---- 1. pre-pass: append (k rotated) and rotate q ---------------------------------------------
+// One warp per row: items [0, seqlen_new * nheads_k) append token t = item / nheads_k of kv head
+// item % nheads_k; the next seqlen_q * nheads items (only when q_rot) rotate q row (i, h) into
+// q_rot (batch, seqlen_q, nheads, d) contiguous. blockIdx.y = sequence.
+template <typename T>
+__global__ void __launch_bounds__(128) kv_prepass_kernel(const AttnParams p, T* q_rot, int* err) {
+  using E = prim::Elem<T>;
+  const int b = blockIdx.y, lane = threadIdx.x % 32;
+  const int item = blockIdx.x * 4 + threadIdx.x / 32;
+  const int d = p.head_dim;
+  const int n_app = p.k_new ? p.seqlen_new * p.nheads_k : 0;
+  const int n_q = q_rot ? p.seqlen_q * p.nheads : 0;
+  if (item >= n_app + n_q) return;
+  int bad = 0;
+  if (item < n_app) {
+    const int t = item / p.nheads_k, hk = item % p.nheads_k;
+    if (checked_seqlen_k(p, b, &bad) >= 0 && !bad) {
+      const int pos = p.cache_seqlens[b] + t;  // k_new implies cache_seqlens (params.cpp)
+      int64_t ko = 0, vo = 0;
+      if (p.rotary_dim > 0 && pos >= p.seqlen_ro) bad |= kKvErrRotary;
+      else if (!cache_slot(p, b, pos, &ko, &vo)) bad |= kKvErrBlockTable;
+      else {
+        const T* ks = static_cast<const T*>(p.k_new) + b * p.knew_stride.batch +
+                      static_cast<int64_t>(t) * p.knew_stride.row + hk * p.knew_stride.head;
+        const T* vs = static_cast<const T*>(p.v_new) + b * p.vnew_stride.batch +
+                      static_cast<int64_t>(t) * p.vnew_stride.row + hk * p.vnew_stride.head;
+        T* kd = static_cast<T*>(p.kcache) + ko + hk * p.k_stride.head;
+        T* vd = static_cast<T*>(p.vcache) + vo + hk * p.v_stride.head;
+        for (int c = lane; c < d; c += 32) {
+          kd[c] = p.rotary_dim > 0 ? E::from_float(rotary_channel(p, ks, c, pos)) : ks[c];
+          vd[c] = vs[c];
+        }
+      }
+    }
+  } else {
+    const int qi = item - n_app, i = qi / p.nheads, h = qi % p.nheads;
+    const int pos = p.rotary_pos_q(b, i);
+    if (pos < 0 || pos >= p.seqlen_ro) {
+      bad |= kKvErrRotary;
+    } else {
+      const T* qs = static_cast<const T*>(p.q) + p.q_offset(p.q_stride, b, i) + h * p.q_stride.head;
+      T* qd = q_rot + ((static_cast<int64_t>(b) * p.seqlen_q + i) * p.nheads + h) * d;
+      for (int c = lane; c < d; c += 32) qd[c] = E::from_float(rotary_channel(p, qs, c, pos));
+    }
+  }
+  if (bad && lane == 0) atomicOr(err, bad);
+}
+
+// ---- 2. attention ------------------------------------------------------------------------------
+
+// ALiBi bias of (token i, key j) with the sequence's actual lengths (API.md §2.5).
+__device__ __forceinline__ float kv_alibi(const AttnParams& p, float slope, int i, int j, int sq,
+                                          int sk) {
+  if (p.is_causal) return slope * static_cast<float>(j);
+  const int dist = i + sk - sq - j;
+  return -slope * static_cast<float>(dist < 0 ? -dist : dist);
+}
+
+template <typename T, int D, int BN, int NW, int STAGES>
+__global__ void __launch_bounds__(NW * 32)
+    kv_attn_kernel(const AttnParams p, const KvArgs a) {
+#if FLASHPLUS_HAS_MMA_SYNC
+  using Tr = KvTraits<D, BN, NW, STAGES>;
+  using TileQ = typename Tr::TileQ;
+  using TileKV = typename Tr::TileKV;
+  constexpr int kThreads = Tr::kThreads, kKW = Tr::kKW, kNT = Tr::kNT, kDT = Tr::kDT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sKV = sQ + TileQ::kElems;  // stage s: K at 2 s, V at 2 s + 1 (tiles of TileKV::kElems)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int split = blockIdx.x % a.nsplit, mb = blockIdx.x / a.nsplit;
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const int grp = p.group(), sq = p.seqlen_q;
+  const int m_rows = sq * grp, m0 = mb * kRows;
+  const int rows = min(kRows, m_rows - m0);
+  const int dchunks = p.head_dim / 8;
+
+  int bad = 0;
+  const int sk = checked_seqlen_k(p, b, &bad);
+  const int lp = bad ? 0 : p.leftpad(b);
+
+  // Visible keys of this thread's two accumulator rows (g, g + 8) and of the whole block
+  // (key_range's bounds are non-decreasing in the token).
+  int lo[2], hi[2], tok[2];
+  float slope[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = m0 + g + 8 * r;
+    tok[r] = row / grp;
+    slope[r] = 0.f;
+    lo[r] = hi[r] = 0;
+    if (row < m_rows) {
+      p.key_range(tok[r], sq, sk, &lo[r], &hi[r]);
+      slope[r] = prim::alibi_slope(p, b, hk * grp + row % grp);
+    }
+  }
+  int blo, bhi, dummy;
+  p.key_range(m0 / grp, sq, sk, &blo, &dummy);
+  p.key_range((m0 + rows - 1) / grp, sq, sk, &dummy, &bhi);
+  int t_begin = 0, t_end = 0;  // this split's key tiles
+  if (blo < bhi) {
+    const int n_first = blo / BN, n_end = (bhi + BN - 1) / BN;
+    const int per = (n_end - n_first + a.nsplit - 1) / a.nsplit;
+    t_begin = n_first + split * per;
+    t_end = min(t_begin + per, n_end);
+  }
+
+  const T* kbase = static_cast<const T*>(p.k) + hk * p.k_stride.head;
+  const T* vbase = static_cast<const T*>(p.v) + hk * p.v_stride.head;
+
+  // Q rows (zero beyond the block's rows and head_dim).
+  {
+    constexpr int kCpr = D / 8;
+    const uint32_t base = prim::smem_u32(sQ);
+    for (int c = tid; c < kRows * kCpr; c += kThreads) {
+      const int r = c / kCpr, ch = c % kCpr;
+      const bool ok = r < rows && ch < dchunks;
+      const T* src = static_cast<const T*>(p.q);
+      if (ok) {
+        const int row = m0 + r;
+        src += p.q_offset(p.q_stride, b, row / grp) + (hk * grp + row % grp) * p.q_stride.head + ch * 8;
+      }
+      prim::cp_async_16(base + 2 * TileQ::offset(r, ch * 8), src, ok);
+    }
+  }
+
+  // One tile of K and V: thread (r0, ch) copies chunk ch of rows r0, r0 + kRpi, ... The
+  // per-row address math is most of the loop's instructions (and a block's warps are few), so
+  // it is kept to one add per row where the geometry allows: a contiguous cache row or a page
+  // that holds the whole tile is an arithmetic progression; only pages smaller than a tile
+  // look the block table up per row.
+  constexpr int kCpr = D / 8;
+  constexpr int kRpi = kThreads / kCpr;
+  static_assert(kRpi >= 1 && BN % kRpi == 0, "tile rows must split evenly over the threads");
+  const int r0 = tid / kCpr, ch = tid % kCpr;
+  const bool ch_ok = ch < dchunks;
+  const int64_t krow = p.k_stride.row, vrow = p.v_stride.row;
+  // Contiguous cache: element offsets of key 0 (cache row of b, position leftpad).
+  int64_t k0 = 0, v0 = 0;
+  if (!p.block_table && !bad) cache_slot(p, b, lp, &k0, &v0);
+  const bool page_holds_tile = p.block_table && p.page_block_size % BN == 0;
+  auto load_tile = [&](int n, int stage) {
+    const uint32_t sk_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
+    const uint32_t sv_base = sk_base + TileKV::kBytes;
+    const int jt = n * BN + r0;  // key of this thread's first row
+    int64_t ko = 0, vo = 0;      // offsets of that row (contiguous / whole-tile page)
+    bool tile_ok = true;
+    if (!p.block_table) {
+      ko = k0 + jt * krow;
+      vo = v0 + jt * vrow;
+    } else if (page_holds_tile) {
+      tile_ok = cache_slot(p, b, n * BN, &ko, &vo);  // leftpad is 0 with a block table
+      ko += r0 * krow;
+      vo += r0 * vrow;
+    }
+#pragma unroll
+    for (int it = 0; it < BN / kRpi; ++it) {
+      const int r = r0 + it * kRpi, j = jt + it * kRpi;
+      bool ok = j < sk && tile_ok;
+      int64_t kr = ko + static_cast<int64_t>(it) * kRpi * krow;
+      int64_t vr = vo + static_cast<int64_t>(it) * kRpi * vrow;
+      if (ok && p.block_table && !page_holds_tile) ok = cache_slot(p, b, j, &kr, &vr);
+      if (j < sk && !ok) bad |= kKvErrBlockTable;
+      ok = ok && ch_ok;
+      const uint32_t o = 2 * TileKV::offset(r, ch * 8);
+      prim::cp_async_16(sk_base + o, ok ? kbase + kr + ch * 8 : kbase, ok);
+      prim::cp_async_16(sv_base + o, ok ? vbase + vr + ch * 8 : vbase, ok);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (t_begin + s < t_end) load_tile(t_begin + s, s);
+    prim::cp_async_commit();  // the first group also holds Q
+  }
+
+  const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
+  const float mul = plain ? p.softmax_scale * prim::kLog2e : prim::kLog2e;
+  float acc[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+
+  const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
+  const uint32_t sQ_base = prim::smem_u32(sQ);
+  // Per-lane ldmatrix offsets at k-step 0; k-step kk is offset ^ (kk * 32) (see fwd_kernel.cuh).
+  const uint32_t q_off = 2 * TileQ::offset(lsel1 * 8 + lrow, lsel2 * 8);
+  const uint32_t k_off = 2 * TileKV::offset(warp * kKW + lsel2 * 8 + lrow, lsel1 * 8);
+  const uint32_t v_off = 2 * TileKV::offset(warp * kKW + lsel1 * 8 + lrow, lsel2 * 8);
+  const int ksteps = (dchunks + 1) / 2;  // k16 steps holding real channels (the rest are zeros)
+
+  for (int n = t_begin; n < t_end; ++n) {
+    prim::cp_async_wait<STAGES - 2>();  // tile n (and Q) landed
+    __syncthreads();                    // ... for every thread; everyone is done with tile n - 1
+    {
+      const int nn = n + STAGES - 1;
+      if (nn < t_end) load_tile(nn, (nn - t_begin) % STAGES);
+      prim::cp_async_commit();
+    }
+    const int stage = (n - t_begin) % STAGES;
+    const uint32_t sK_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
+    const uint32_t sV_base = sK_base + TileKV::kBytes;
+
+    // ---- S = Q K^T over this warp's kKW keys ----
+    float s[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      if (kk < ksteps) {
+        uint32_t qa[4];
+        prim::ldmatrix_x4(qa, sQ_base + (q_off ^ (kk * 32)));
+#pragma unroll
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t bf[4];
+          prim::ldmatrix_x4(bf, sK_base + np * 16 * D * 2 + (k_off ^ (kk * 32)));
+          prim::mma_16816<T>(s[2 * np], qa, bf[0], bf[1]);
+          prim::mma_16816<T>(s[2 * np + 1], qa, bf[2], bf[3]);
+        }
+      }
+    }
+
+    // ---- logits, mask, online softmax (rows g, g + 8) ----
+    const int j0 = n * BN + warp * kKW;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int j = j0 + nt * 8 + 2 * t + c;
+          float z = s[nt][2 * r + c];
+          if (!plain) {
+            z *= p.softmax_scale;
+            if (p.softcap > 0.f) z = p.softcap * tanhf(z / p.softcap);
+            if (p.alibi_slopes) z += kv_alibi(p, slope[r], tok[r], j, sq, sk);
+          }
+          if (j < lo[r] || j >= hi[r]) z = -INFINITY;
+          s[nt][2 * r + c] = z;
+          mx = fmaxf(mx, z);
+        }
+      mx = prim::quad_max(mx);
+      const float new_max = fmaxf(row_max[r], mx);
+      const float m_scaled = (new_max == -INFINITY ? 0.f : new_max) * mul;
+      const float corr = prim::fast_exp2(row_max[r] * mul - m_scaled);
+      row_max[r] = new_max;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float e = prim::fast_exp2(fmaf(s[nt][2 * r + c], mul, -m_scaled));
+          s[nt][2 * r + c] = e;
+          sum += e;
+        }
+      row_sum[r] = row_sum[r] * corr + sum;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        acc[dt][2 * r] *= corr;
+        acc[dt][2 * r + 1] *= corr;
+      }
+    }
+
+    // ---- O += P V ----
+#pragma unroll
+    for (int kk = 0; kk < kKW / 16; ++kk) {
+      uint32_t pa[4];
+      prim::c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        if (dp < ksteps) {
+          uint32_t bf[4];
+          prim::ldmatrix_x4_trans(bf, sV_base + kk * 16 * D * 2 + (v_off ^ (dp * 32)));
+          prim::mma_16816<T>(acc[2 * dp], pa, bf[0], bf[1]);
+          prim::mma_16816<T>(acc[2 * dp + 1], pa, bf[2], bf[3]);
+        }
+      }
+    }
+  }
+  prim::cp_async_wait<0>();
+  __syncthreads();  // the pipeline's memory becomes the merge area
+
+  // ---- merge the warps: row max/sum and O through shared memory ----
+  float* sM = reinterpret_cast<float*>(smem_raw);
+  float* sL = sM + NW * kRows;
+  float* sO = sL + NW * kRows;
+  constexpr int kP = Tr::kOPitch;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float l = prim::quad_sum(row_sum[r]);
+    const int row = g + 8 * r;
+    if (t == 0) {
+      sM[warp * kRows + row] = row_max[r];
+      sL[warp * kRows + row] = l;
+    }
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+      *reinterpret_cast<float2*>(sO + (warp * kRows + row) * kP + dt * 8 + 2 * t) =
+          make_float2(acc[dt][2 * r], acc[dt][2 * r + 1]);
+  }
+  __syncthreads();
+
+  const int64_t split_stride = static_cast<int64_t>(p.batch) * p.nheads * sq;
+  for (int c = tid; c < kRows * (D / 4); c += kThreads) {
+    const int row = c / (D / 4), c4 = c % (D / 4);
+    if (row >= rows || c4 * 4 >= p.head_dim) continue;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) m = fmaxf(m, sM[w * kRows + row]);
+    const float m_use = m == -INFINITY ? 0.f : m;
+    float l = 0.f, o[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = prim::fast_exp2(sM[w * kRows + row] * mul - m_use * mul);
+      l += sL[w * kRows + row] * f;
+      const float4 x = *reinterpret_cast<const float4*>(sO + (w * kRows + row) * kP + c4 * 4);
+      o[0] += x.x * f;
+      o[1] += x.y * f;
+      o[2] += x.z * f;
+      o[3] += x.w * f;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int mrow = m0 + row, i = mrow / grp, h = hk * grp + mrow % grp;
+    if (a.nsplit == 1) {
+      T* out = static_cast<T*>(p.out) + b * p.out_stride.batch +
+               static_cast<int64_t>(i) * p.out_stride.row + h * p.out_stride.head + c4 * 4;
+      uint2 v;
+      v.x = prim::Elem<T>::pack(o[0] * inv, o[1] * inv);
+      v.y = prim::Elem<T>::pack(o[2] * inv, o[3] * inv);
+      *reinterpret_cast<uint2*>(out) = v;
+      if (c4 == 0 && p.softmax_lse)
+        p.softmax_lse[p.lse_offset(b, h, i)] =
+            l > 0.f ? m_use * mul * prim::kLn2 + logf(l) : INFINITY;
+    } else {
+      const int64_t rid = split * split_stride + (static_cast<int64_t>(b) * p.nheads + h) * sq + i;
+      *reinterpret_cast<float4*>(a.o_acc + rid * p.head_dim + c4 * 4) =
+          make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+      if (c4 == 0) a.lse_acc[rid] = l > 0.f ? m_use * mul * prim::kLn2 + logf(l) : -INFINITY;
+    }
+  }
+  if (bad) atomicOr(a.err, bad);
+#endif  // FLASHPLUS_HAS_MMA_SYNC
+}
+
+// ---- 3. combine the splits ---------------------------------------------------------------------
+// One warp per (b, h, i) row: lse = log sum_s exp(lse_s), out = sum_s exp(lse_s - lse) O_s; a row
+// no split saw a key of gets out = 0, lse = +inf.
+template <typename T>
+__global__ void __launch_bounds__(128) kv_combine_kernel(const AttnParams p, const KvArgs a) {
+  const int lane = threadIdx.x % 32;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+  const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
+  if (rid >= rows) return;
+  const int i = static_cast<int>(rid % p.seqlen_q);
+  const int h = static_cast<int>((rid / p.seqlen_q) % p.nheads);
+  const int b = static_cast<int>(rid / (static_cast<int64_t>(p.seqlen_q) * p.nheads));
+  const int d = p.head_dim;
+  float m = -INFINITY;
+  for (int s = lane; s < a.nsplit; s += 32) m = fmaxf(m, a.lse_acc[s * rows + rid]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  float lse = INFINITY;
+  if (m != -INFINITY) {
+    float sum = 0.f;
+    for (int s = lane; s < a.nsplit; s += 32) sum += expf(a.lse_acc[s * rows + rid] - m);
+    sum = prim::warp_sum(sum);
+    lse = m + logf(sum);
+  }
+  T* out = static_cast<T*>(p.out) + b * p.out_stride.batch +
+           static_cast<int64_t>(i) * p.out_stride.row + h * p.out_stride.head;
+  for (int c = lane * 4; c < d; c += 128) {
+    float o[4] = {0.f, 0.f, 0.f, 0.f};
+    if (m != -INFINITY)
+      for (int s = 0; s < a.nsplit; ++s) {
+        const float ls = a.lse_acc[s * rows + rid];
+        if (ls == -INFINITY) continue;
+        const float w = expf(ls - lse);
+        const float4 x = *reinterpret_cast<const float4*>(a.o_acc + (s * rows + rid) * d + c);
+        o[0] += w * x.x;
+        o[1] += w * x.y;
+        o[2] += w * x.z;
+        o[3] += w * x.w;
+      }
+    uint2 v;
+    v.x = prim::Elem<T>::pack(o[0], o[1]);
+    v.y = prim::Elem<T>::pack(o[2], o[3]);
+    *reinterpret_cast<uint2*>(out + c) = v;
+  }
+  if (lane == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
+}
+
+// ---- host: launch one tile ----------------------------------------------------------------------
+
+constexpr int kMaxDevices = 64;
+
+// Blocks of the tile that fit on one SM (for the split heuristic), after allowing the tile's
+// shared memory. Both are per-device runtime calls worth microseconds, i.e. a few percent of a
+// decoding step: done once per (tile, device), the answer kept.
+template <typename T, int D, int BN, int NW, int STAGES>
+Status kv_prepare_tile(int* blocks_per_sm) {
+  using Tr = KvTraits<D, BN, NW, STAGES>;
+  static std::atomic<int> known[kMaxDevices];  // 0 = not asked yet
+  int dev = 0;
+  FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < kMaxDevices && (*blocks_per_sm = known[dev].load()) > 0) return Status::Ok();
+  int max_smem = 0;
+  FLASHPLUS_GPU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (Tr::kSmemBytes > max_smem)
+    return Status::NoInstance("kvcache: tile needs more shared memory than this device has");
+  auto kernel = kv_attn_kernel<T, D, BN, NW, STAGES>;
+  FLASHPLUS_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Tr::kSmemBytes));
+  FLASHPLUS_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel,
+                                                                     Tr::kThreads, Tr::kSmemBytes));
+  *blocks_per_sm = std::max(1, *blocks_per_sm);
+  if (dev >= 0 && dev < kMaxDevices) known[dev].store(*blocks_per_sm);
+  return Status::Ok();
+}
+
+// The workspace pool of `dev`: the runtime's default pool gives its memory back to the driver
+// at every synchronisation (release threshold 0), so each call's cudaMallocAsync would map pages
+// again; this one keeps its high-water mark (a few MiB of split accumulators at most).
+inline Status kv_workspace_pool(int dev, cudaMemPool_t* pool) {
+  static std::mutex mu;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  if (dev < 0 || dev >= kMaxDevices) return Status::Unsupported("kvcache: device index beyond 64");
+  std::lock_guard<std::mutex> lock(mu);
+  if (pools[dev] == nullptr) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    cudaMemPool_t created = nullptr;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolCreate(&created, &props));
+    uint64_t keep = UINT64_MAX;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[dev] = created;
+  }
+  *pool = pools[dev];
+  return Status::Ok();
+}
+
+template <typename T, int D, int BN, int NW, int STAGES>
+Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream) {
+  using Tr = KvTraits<D, BN, NW, STAGES>;
+  const long long mblocks = (static_cast<long long>(p.seqlen_q) * p.group() + kRows - 1) / kRows;
+  const long long gx = mblocks * a.nsplit;
+  if (gx > 0x7fffffffLL || p.batch > 65535 || p.nheads_k > 65535)
+    return Status::Unsupported("kvcache: grid too large (seqlen_q * group * splits or batch)");
+  const dim3 grid(static_cast<unsigned>(gx), p.nheads_k, p.batch);
+  kv_attn_kernel<T, D, BN, NW, STAGES><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, a);
+  FLASHPLUS_GPU_CHECK_LAUNCH("kv_attn_kernel");
+  return Status::Ok();
+}
+
+// ---- host: one call -------------------------------------------------------------------------------
+
+inline int64_t round_up_256(int64_t n) { return (n + 255) / 256 * 256; }
+
+// The whole call for storage type T (kvcache.h: run_kvcache).
+template <typename T>
+Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& dev,
+              cudaStream_t stream, bool check, KernelConfig* used) {
+  AttnParams p = p0;
+  const int D = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+  KernelConfig tile = cfg;
+  if (tile.block_n == 0 && tile.num_warps == 0 && tile.stages == 0) {
+    const KernelConfig def = kvcache_default_tile(p.head_dim);
+    tile.block_n = def.block_n;
+    tile.num_warps = def.num_warps;
+    tile.stages = def.stages;
+  }
+  using Prep = Status (*)(int*);
+  using Launch = Status (*)(const AttnParams&, const KvArgs&, cudaStream_t);
+  Prep prep = nullptr;
+  Launch launch = nullptr;
+  KernelConfig ran;
+#define FLASHPLUS_KV_PICK(DD, BN, NW, ST)                                                   \
+  if (DD == D && launch == nullptr && tile.block_n == BN &&                                 \
+      (tile.num_warps == NW || tile.num_warps == 0) && (tile.stages == ST || tile.stages == 0)) { \
+    prep = kv_prepare_tile<T, DD, BN, NW, ST>;                                              \
+    launch = kv_launch_tile<T, DD, BN, NW, ST>;                                             \
+    ran.block_m = kRows;                                                                    \
+    ran.block_n = BN;                                                                       \
+    ran.num_warps = NW;                                                                     \
+    ran.stages = ST;                                                                        \
+  }
+  FLASHPLUS_KV_TILES_D64(FLASHPLUS_KV_PICK)
+  FLASHPLUS_KV_TILES_D128(FLASHPLUS_KV_PICK)
+  FLASHPLUS_KV_TILES_D256(FLASHPLUS_KV_PICK)
+#undef FLASHPLUS_KV_PICK
+  if (launch == nullptr)
+    return Status::NoInstance("kvcache: no compiled tile n" + std::to_string(tile.block_n) + "w" +
+                              std::to_string(tile.num_warps) + "s" + std::to_string(tile.stages) +
+                              " for head-dim bucket " + std::to_string(D));
+  int blocks_per_sm = 1;
+  FLASHPLUS_RETURN_IF_ERROR(prep(&blocks_per_sm));
+  const int nsplit = std::min(128, std::max(1, p.num_splits > 0   ? p.num_splits
+                                               : cfg.num_splits > 0 ? cfg.num_splits
+                                                                    : kvcache_num_splits(p, dev, ran.block_n, blocks_per_sm)));
+  ran.num_splits = nsplit;
+
+  // Workspace, stream-ordered: [error word | rotated q | split LSE | split O].
+  const bool rot = p.rotary_dim > 0 && p.seqlen_q > 0;
+  const bool append = p.k_new != nullptr && p.seqlen_new > 0;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+  const int64_t q_bytes = rot ? round_up_256(rows * p.head_dim * static_cast<int64_t>(sizeof(T))) : 0;
+  const int64_t lse_bytes = nsplit > 1 ? round_up_256(nsplit * rows * 4) : 0;
+  const int64_t o_bytes = nsplit > 1 ? nsplit * rows * p.head_dim * 4 : 0;
+  int device = 0;
+  FLASHPLUS_GPU_CHECK(cudaGetDevice(&device));
+  cudaMemPool_t pool = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(kv_workspace_pool(device, &pool));
+  char* ws = nullptr;
+  FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws),
+                                              static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
+                                              pool, stream));
+  KvArgs a;
+  a.nsplit = nsplit;
+  a.err = reinterpret_cast<int*>(ws);
+  T* q_rot = rot ? reinterpret_cast<T*>(ws + 256) : nullptr;
+  if (nsplit > 1) {
+    a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
+    a.o_acc = reinterpret_cast<float*>(ws + 256 + q_bytes + lse_bytes);
+  }
+  Status st = [&]() -> Status {
+    FLASHPLUS_GPU_CHECK(cudaMemsetAsync(a.err, 0, sizeof(int), stream));
+    if (append || rot) {
+      const int64_t items = (append ? static_cast<int64_t>(p.seqlen_new) * p.nheads_k : 0) +
+                            (rot ? static_cast<int64_t>(p.seqlen_q) * p.nheads : 0);
+      if ((items + 3) / 4 > 0x7fffffffLL || p.batch > 65535)
+        return Status::Unsupported("kvcache: pre-pass grid too large");
+      const dim3 grid(static_cast<unsigned>((items + 3) / 4), p.batch);
+      kv_prepass_kernel<T><<<grid, 128, 0, stream>>>(p, q_rot, a.err);
+      FLASHPLUS_GPU_CHECK_LAUNCH("kv_prepass_kernel");
+    }
+    if (rows == 0) return Status::Ok();
+    if (rot) {
+      p.q = q_rot;
+      p.q_stride = {static_cast<int64_t>(p.seqlen_q) * p.nheads * p.head_dim,
+                    static_cast<int64_t>(p.nheads) * p.head_dim, p.head_dim};
+    }
+    FLASHPLUS_RETURN_IF_ERROR(launch(p, a, stream));
+    if (nsplit > 1) {
+      kv_combine_kernel<T><<<static_cast<unsigned>((rows + 3) / 4), 128, 0, stream>>>(p, a);
+      FLASHPLUS_GPU_CHECK_LAUNCH("kv_combine_kernel");
+    }
+    return Status::Ok();
+  }();
+  int err = 0;
+  // Pageable destination: the copy returns once it (and everything before it) has finished.
+  const cudaError_t ce = st.ok() && check ? cudaMemcpyAsync(&err, a.err, sizeof(int),
+                                                            cudaMemcpyDeviceToHost, stream)
+                                          : cudaSuccess;
+  const cudaError_t fe = cudaFreeAsync(ws, stream);
+  if (!st.ok()) return st;
+  if (ce != cudaSuccess) return platform::gpu_status(ce, "kvcache: reading the error word back");
+  if (fe != cudaSuccess) return platform::gpu_status(fe, "cudaFreeAsync(workspace)");
+  if (used) *used = ran;
+  return kvcache_error_status(err);
+}
+
+// Instances (kvcache_<dtype>.cu).
+Status run_f16(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
+               cudaStream_t stream, bool check, KernelConfig* used);
+Status run_bf16(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
+                cudaStream_t stream, bool check, KernelConfig* used);
+
+}  // namespace flashplus::gpu::kv

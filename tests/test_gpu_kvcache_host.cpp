@@ -1,0 +1,92 @@
+// Host-side pieces of the GPU kv-cache path (kernels/gpu/kvcache) that need no GPU: the split-KV
+// heuristic, the default tile, and the Status built from the kernels' error word.
+#include <catch2/catch.hpp>
+
+#include "gpu/heuristics.h"
+#include "gpu/kvcache/kvcache.h"
+
+using namespace flashplus;
+using namespace flashplus::gpu;
+
+namespace {
+
+// A decoding step as the bench runs it: GQA 32/8, d 128, one new token on a cache of `cache`.
+AttnParams decode(int batch, int cache, int sq = 1) {
+  AttnParams p;
+  p.batch = batch;
+  p.seqlen_q = sq;
+  p.seqlen_k = cache + sq;
+  p.nheads = 32;
+  p.nheads_k = 8;
+  p.head_dim = 128;
+  p.dtype = DType::bf16;
+  p.is_kvcache = true;
+  p.num_splits = 0;
+  return p;
+}
+
+DeviceInfo h100() {
+  DeviceInfo d;
+  d.arch = 90;
+  d.multiprocessors = 132;
+  d.smem_per_block_optin = 227 * 1024;
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("kv-cache blocks pack the query heads of a kv head into 16-row blocks", "[gpu][kvcache]") {
+  CHECK(kvcache_blocks(decode(1, 1000)) == 8);        // 1 token x 4 heads: one block per kv head
+  CHECK(kvcache_blocks(decode(2, 1000, 4)) == 16);    // 4 x 4 = 16 rows: still one
+  CHECK(kvcache_blocks(decode(1, 1000, 5)) == 16);    // 20 rows: two
+}
+
+TEST_CASE("kv-cache split heuristic fills the H100 with about two waves", "[gpu][kvcache]") {
+  const DeviceInfo dev = h100();
+  // The decode workloads of configs/models/llama3-8b.json at one 64-key tile block per SM.
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 1) == 33);  // 264 blocks = 2 full waves
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 1) == 6);    // 384 blocks: 2.9 waves
+  CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 1) == 1);    // 512 blocks already
+  // More blocks per SM: more slots to fill, and a grid of one partial wave is split too.
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 2) == 66);
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 3) == 99);
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 3) == 17);   // 1088 blocks: 2.75 waves
+  CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 3) == 3);    // 512 = 1.3 waves: 3.9 split
+  // Every split keeps at least 4 key tiles: a short cache is split less (or not at all).
+  CHECK(kvcache_num_splits(decode(1, 511), dev, 64, 1) == 2);
+  CHECK(kvcache_num_splits(decode(1, 100), dev, 64, 1) == 1);
+  // Never more than 128.
+  CHECK(kvcache_num_splits(decode(1, 1 << 24), dev, 64, 8) == 128);
+}
+
+TEST_CASE("kv-cache split count given by the caller wins", "[gpu][kvcache]") {
+  AttnParams p = decode(64, 4096);
+  p.num_splits = 5;
+  CHECK(kvcache_num_splits(p, h100(), 64, 1) == 5);
+  p.num_splits = 1;
+  CHECK(kvcache_num_splits(p, h100(), 64, 1) == 1);
+}
+
+TEST_CASE("kv-cache default tiles keep bytes in flight per head-dim bucket", "[gpu][kvcache]") {
+  const KernelConfig c128 = kvcache_default_tile(128);
+  CHECK(c128.block_n == 64);
+  CHECK(c128.num_warps == 4);
+  CHECK(c128.stages >= 2);
+  CHECK(c128.block_n % (16 * c128.num_warps) == 0);  // each warp takes whole k16 steps
+  const KernelConfig c256 = kvcache_default_tile(256);
+  CHECK(c256.block_n % (16 * c256.num_warps) == 0);
+  CHECK(kvcache_default_tile(40).block_n == c128.block_n);
+}
+
+TEST_CASE("kv-cache device error word becomes an Invalid status naming the index", "[gpu][kvcache]") {
+  CHECK(kvcache_error_status(0).ok());
+  const Status bt = kvcache_error_status(kKvErrBlockTable);
+  CHECK(bt.code() == StatusCode::invalid_args);
+  CHECK(bt.message().find("block_table") != std::string::npos);
+  CHECK(bt.message().find("cache_seqlens") == std::string::npos);
+  const Status both = kvcache_error_status(kKvErrSeqlens | kKvErrRotary);
+  CHECK(both.message().find("cache_seqlens") != std::string::npos);
+  CHECK(both.message().find("rotary") != std::string::npos);
+  CHECK(kvcache_error_status(kKvErrBatchIdx).message().find("cache_batch_idx") != std::string::npos);
+  CHECK(kvcache_error_status(kKvErrLeftpad).message().find("cache_leftpad") != std::string::npos);
+}
