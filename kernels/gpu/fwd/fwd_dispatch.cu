@@ -2,6 +2,7 @@
 #include <string>
 
 #include "gpu/fwd/fwd_instances.h"
+#include "gpu/fwd_sm90/fwd_sm90.h"
 #include "gpu/gpu_kernels.h"
 #include "gpu/tc_common.h"
 #include "platform/arch.h"
@@ -13,6 +14,16 @@ namespace flashplus::gpu {
 
 Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   FLASHPLUS_RETURN_IF_ERROR(tc_supports(p, cfg, "fwd_tc"));
+#if !FLASHPLUS_VENDOR_HIP
+  // Hopper: the wgmma family first (its own tiles, num_warps 12, or the default); whatever it has
+  // no instance for (varlen, dropout, head_dim > 128, a non-sm_90 device) goes on to mma.sync.
+  if (is_sm90_config(cfg) ||
+      (cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0 && cfg.stages == 0)) {
+    Status st = run_fwd_sm90(p, cfg, stream);
+    if (st.code() != StatusCode::no_instance) return st;
+    if (is_sm90_config(cfg)) return st;  // a named sm90 tile runs as asked or not at all
+  }
+#endif
 #if FLASHPLUS_VENDOR_HIP
   (void)stream;
   return Status::NoInstance("fwd_tc: not compiled for HIP");
@@ -32,6 +43,9 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
   std::vector<KernelConfig> r;
 #if !FLASHPLUS_VENDOR_HIP
+  // On an sm_90 device the Hopper family's tiles come first: the default call runs them.
+  int dev = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && current_arch(dev) == 90) r = fwd_sm90_configs(head_dim);
   const int d = tc::head_dim_bucket(head_dim);
 #define FLASHPLUS_FWD_CFG(DD, BM, BN, NW) \
   if (DD == d) {                        \
