@@ -1,4 +1,5 @@
 // run_fwd_sm90: picks the (dtype, head-dim bucket) instance of the Hopper forward family.
+#include <cstdlib>
 #include <string>
 
 #include "gpu/fwd_sm90/fwd_sm90.h"
@@ -9,6 +10,15 @@
 #endif
 
 namespace flashplus::gpu {
+
+int fwd_sm90_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90");
+    if (e == nullptr || e[0] == '\0') return 1;
+    return e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
+  }();
+  return mode;
+}
 
 Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 #if FLASHPLUS_VENDOR_HIP

@@ -42,8 +42,8 @@ namespace flashplus::gpu::sm90fwd {
 // tile n+1 overlaps the MMAs (see the consumer loop). BM is fixed by the warpgroup layout
 // (2 consumers x 64 rows); the first entry of a bucket is its default. Host dispatch, the
 // autotune candidate list and instantiation all read these lists.
-#define FLASHPLUS_FWD_SM90_TILES_D64(X) X(64, 128, 128, 2, false)
-#define FLASHPLUS_FWD_SM90_TILES_D128(X) X(128, 128, 128, 2, false)
+#define FLASHPLUS_FWD_SM90_TILES_D64(X) X(64, 128, 128, 2, true)
+#define FLASHPLUS_FWD_SM90_TILES_D128(X) X(128, 128, 128, 2, true)
 constexpr int kSm90Warps = 12;  // KernelConfig::num_warps of this family (3 warpgroups)
 
 template <int D, int BN, int STAGES>
@@ -68,7 +68,7 @@ struct Sm90Args {
   AttnParams p;
 };
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false>
 __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args args) {
 #if FLASHPLUS_HAS_WGMMA
   using Tr = Sm90Traits<D, BN, STAGES>;
@@ -316,13 +316,27 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
       // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S(n+1) = Q K(n+1)^T and
       // O += P(n) V(n) are in flight while the softmax of S(n+1) runs; O is rescaled once the PV
       // product has landed. Every tile of the block is processed (fully masked ones give P = 0).
+      // PINGPONG (FlashAttention-3's inter-warpgroup schedule): the two consumers take turns to
+      // issue their MMAs (named barriers 3 + c), so one's softmax runs under the other's MMAs.
+      // Each consumer has n_tiles + 1 issue sections; consumer 1 opens with an arrive and skips
+      // its last one, so every arrival is matched. Off when consumer 1 has no valid row.
+      const bool pp = PINGPONG && rows_q > 64;  // uniform over the block
+      auto turn_wait = [&] {
+        if (pp) sm90::named_sync(3 + c, 256);
+      };
+      auto turn_pass = [&](bool last) {
+        if (pp && !(last && c == 1)) sm90::named_arrive(3 + (1 - c), 256);
+      };
+      if (pp && c == 1) sm90::named_arrive(3, 256);
       if (wg_rows > 0) {
         float sacc[BN / 2];
         uint32_t pa[BN / 16][4];
         {
           float corr[2];
           sm90::mbar_wait(full_k(0), 0);
+          turn_wait();
           issue_s(sacc, sK0);
+          turn_pass(false);
           sm90::wgmma_wait<0>();
           sm90::reg_fence(sacc);
           release(empty_k(0));
@@ -333,9 +347,11 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
           const int s = it % STAGES, sp = (it - 1) % STAGES;
           const uint32_t ph = (it / STAGES) & 1, php = ((it - 1) / STAGES) & 1;
           sm90::mbar_wait(full_k(s), ph);
-          issue_s(sacc, sK0 + s * Tr::kKVBytes);
           sm90::mbar_wait(full_v(sp), php);
+          turn_wait();
+          issue_s(sacc, sK0 + s * Tr::kKVBytes);
           issue_o(pa, sV0 + sp * Tr::kKVBytes);
+          turn_pass(false);
           sm90::wgmma_wait<1>();  // S(it) has landed; PV(it - 1) may still run
           sm90::reg_fence(sacc);
           release(empty_k(s));
@@ -350,7 +366,9 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
         }
         const int sl = (n_tiles - 1) % STAGES;
         sm90::mbar_wait(full_v(sl), ((n_tiles - 1) / STAGES) & 1);
+        turn_wait();
         issue_o(pa, sV0 + sl * Tr::kKVBytes);
+        turn_pass(true);
         sm90::wgmma_wait<0>();
         sm90::reg_fence(o);
         release(empty_v(sl));
@@ -471,7 +489,7 @@ inline Status sm90_supports(const AttnParams& p) {
   return Status::Ok();
 }
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false>
 Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = Sm90Traits<D, BN, STAGES>;
   FLASHPLUS_RETURN_IF_ERROR(sm90_supports(p));
@@ -484,7 +502,7 @@ Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
                                                p.batch, p.k_stride, BN));
   FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tv, p.v, p.head_dim, p.seqlen_k, p.nheads_k,
                                                p.batch, p.v_stride, BN));
-  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP>;
+  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG>;
   FLASHPLUS_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            Tr::kSmemBytes));
   const dim3 grid((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);

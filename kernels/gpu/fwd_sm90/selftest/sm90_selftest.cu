@@ -10,7 +10,7 @@
 //
 // Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Ikernels/include
 //        -Ikernels/src kernels/gpu/fwd_sm90/selftest/sm90_selftest.cu kernels/gpu/fwd_sm90/*.cu
-// Run:   sm90_selftest [gemm | gemm-swap] [check] [bench] [overlap]
+// Run:   sm90_selftest [gemm | gemm-swap] [check] [bench] [simple | s3 | pp]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -53,19 +53,27 @@ static uint16_t from_f(DType t, float x) {
   return t == DType::bf16 ? float_to_bf16_bits(x) : float_to_half_bits(x);
 }
 
-// The kernel variant under test: the library's default tile, or (argument "overlap") the
-// software-pipelined consumer loop instantiated here.
-static bool g_overlap = false;
-static Status run_variant(const AttnParams& p) {
-  if (!g_overlap) return gpu::run_fwd_sm90(p, gpu::KernelConfig{}, nullptr);
+// The kernel variant under test: the library's default tile (""), or one instantiated here:
+// "simple" (no intra-warpgroup overlap, 2 stages), "s3" (overlap, 3 K/V stages), "pp" (overlap
+// plus the ping-pong schedule of the two consumers).
+static std::string g_variant;
+template <bool OV, int ST, bool PP = false>
+static Status run_tile(const AttnParams& p) {
   using namespace gpu::sm90fwd;
   const bool bf = p.dtype == DType::bf16;
   if (p.head_dim <= 64)
-    return bf ? launch_fwd_sm90_tile<platform::bf16_t, 64, 128, 2, true>(p, nullptr)
-              : launch_fwd_sm90_tile<platform::half_t, 64, 128, 2, true>(p, nullptr);
-  return bf ? launch_fwd_sm90_tile<platform::bf16_t, 128, 128, 2, true>(p, nullptr)
-            : launch_fwd_sm90_tile<platform::half_t, 128, 128, 2, true>(p, nullptr);
+    return bf ? launch_fwd_sm90_tile<platform::bf16_t, 64, 128, ST, OV, PP>(p, nullptr)
+              : launch_fwd_sm90_tile<platform::half_t, 64, 128, ST, OV, PP>(p, nullptr);
+  return bf ? launch_fwd_sm90_tile<platform::bf16_t, 128, 128, ST, OV, PP>(p, nullptr)
+            : launch_fwd_sm90_tile<platform::half_t, 128, 128, ST, OV, PP>(p, nullptr);
 }
+static Status run_variant(const AttnParams& p) {
+  if (g_variant == "simple") return run_tile<false, 2>(p);
+  if (g_variant == "s3") return run_tile<true, 3>(p);
+  if (g_variant == "pp") return run_tile<true, 2, true>(p);
+  return gpu::run_fwd_sm90(p, gpu::KernelConfig{}, nullptr);
+}
+static const char* vtag() { return g_variant.empty() ? "" : g_variant.c_str(); }
 
 // ================================ gemm tile ====================================================
 // Stores a ROWS x D row-major tile into 64-column panels, 128-byte swizzled (sm90_mma.h layout).
@@ -323,8 +331,8 @@ static bool run_case(const Case& c, std::mt19937_64& rng) {
   const double err = std::sqrt(num / std::max(den, 1e-12));
   const double tol = c.dt == DType::bf16 ? 1e-2 : 3e-3;
   const bool ok = unwritten == 0 && err < tol && lse_err < 2e-3 && lse_bad == 0;
-  std::printf("CHECK%s %s %s  out rel %.2e  lse max abs %.2e  unwritten/NaN %lld  bad inf-lse %d\n",
-              g_overlap ? "+ov" : "", ok ? "PASS" : "FAIL", name, err, lse_err, (long long)unwritten, lse_bad);
+  std::printf("CHECK %s %s %s  out rel %.2e  lse max abs %.2e  unwritten/NaN %lld  bad inf-lse %d\n",
+              vtag(), ok ? "PASS" : "FAIL", name, err, lse_err, (long long)unwritten, lse_bad);
   cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dlse); cudaFree(dslopes);
   return ok;
 }
@@ -384,8 +392,8 @@ static void bench(int s, int d, bool causal) {
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2];
   const double fl = 4.0 * b * h * (double)s * s * d / (causal ? 2 : 1);
-  std::printf("BENCH fwd_sm90%s bf16 d=%3d s=%5d causal=%d  %8.3f ms  %6.1f TFLOP/s  (min %.3f max %.3f)\n",
-              g_overlap ? "+ov" : "", d, s, causal, med, fl / med / 1e9, ms.front(), ms.back());
+  std::printf("BENCH fwd_sm90 %-6s bf16 d=%3d s=%5d causal=%d  %8.3f ms  %6.1f TFLOP/s  (min %.3f max %.3f)\n",
+              vtag(), d, s, causal, med, fl / med / 1e9, ms.front(), ms.back());
   cudaEventDestroy(e0); cudaEventDestroy(e1);
   for (void* x : bufs) cudaFree(x);
 }
@@ -395,7 +403,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "gemm")) do_gemm = true;
     if (!strcmp(argv[i], "gemm-swap")) do_gemm = swapped = true;
-    if (!strcmp(argv[i], "overlap")) g_overlap = true;
+    if (!strcmp(argv[i], "simple") || !strcmp(argv[i], "s3") || !strcmp(argv[i], "pp"))
+      g_variant = argv[i];
     if (!strcmp(argv[i], "check")) do_check = true;
     if (!strcmp(argv[i], "bench")) do_bench = true;
   }
