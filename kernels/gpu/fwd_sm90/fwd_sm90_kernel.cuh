@@ -9,7 +9,9 @@
 //                operands K-major), the online softmax in registers, O += P V as wgmma RS (P from
 //                registers, V MN-major through the descriptor, no transpose copy). K(n) is released
 //                as soon as S is computed, V(n) after the PV product.
-// The two consumers run the same loop independently, so one's softmax overlaps the other's MMAs.
+// The two consumers run their loops independently (PINGPONG: they take turns issuing MMAs), so one's
+// softmax overlaps the other's MMAs; with OVERLAP (the compiled default) each consumer also runs the
+// softmax of tile n+1 while its own PV(n) is in flight.
 // Dense fixed-length calls only (no varlen / kv cache / dropout: the mma.sync family serves those).
 // Masks (causal, window: AttnParams::key_range), softcap and ALiBi (primitives/attn_score.h),
 // lse, fully masked rows (out 0, lse +inf) as in the mma.sync kernel; global offsets are 64-bit
