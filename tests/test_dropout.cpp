@@ -30,10 +30,12 @@ Case make(int b, int sq, int sk, int h, int hk, int d, DType t, double p) {
   return c;
 }
 
+// Every runnable backend implements dropout (the GPU backends since issue 5).
 void check_all(const std::vector<Case>& cases) {
+  for (Backend be : testing::runnable_backends())
   for (const Case& c : cases) {
-    const auto r = testing::run_case(c, Backend::cpu);
-    INFO(c.describe());
+    const auto r = testing::run_case(c, be);
+    INFO("backend " << backend_name(be) << ": " << c.describe());
     INFO(r.summary());
     CHECK(r.pass());
   }
@@ -65,38 +67,48 @@ TEST_CASE("dropout: forward and backward match the reference with the same mask"
 }
 
 TEST_CASE("dropout: the kernel applies exactly keep() of philox.h", "[dropout]") {
-  // q = 0 makes P uniform (1/sk); v_j = e_j makes out[i][j] = P_ij * keep / (1 - p).
-  const int sq = 3, sk = 64, h = 2, d = 64;
-  const float p = 0.3f;
-  std::vector<double> v(size_t(sk) * d, 0.0);
-  for (int j = 0; j < sk; ++j) v[size_t(j) * d + j] = 1.0;
-  Buffer bq(Backend::cpu, DType::f32, sq * h * d), bk(Backend::cpu, DType::f32, sk * d),
-      bv(Backend::cpu, DType::f32, sk * d), bo(Backend::cpu, DType::f32, sq * h * d),
-      bl(Backend::cpu, DType::f32, h * sq);
-  REQUIRE(bq.fill(0.f).ok());
-  REQUIRE(bk.fill(0.5f).ok());
-  REQUIRE(bv.upload(v).ok());
-  RunOptions opts;
-  opts.backend = Backend::cpu;
-  opts.dropout_seed = 42;
-  opts.dropout_offset = 7;
-  REQUIRE(mha_fwd(bq.view({1, sq, h, d}), bk.view({1, sk, 1, d}), bv.view({1, sk, 1, d}),
-                  bo.view({1, sq, h, d}), bl.view({1, h, sq}), std::nullopt, p, 0.f, false, -1,
-                  -1, 0.f, false, opts)
-              .ok());
-  std::vector<double> out;
-  REQUIRE(bo.download(&out).ok());
-  const uint32_t thr = dropout_threshold(p);
-  const double kept = 1.0 / sk / (1.0 - p);
-  int dropped = 0;
-  for (int i = 0; i < sq; ++i)
-    for (int hh = 0; hh < h; ++hh)
-      for (int j = 0; j < sk; ++j) {
-        const bool keep = dropout_keep(42, 7, thr, 0, hh, i, j, h, sq, sk);
-        dropped += !keep;
-        REQUIRE(out[(size_t(i) * h + hh) * d + j] == Approx(keep ? kept : 0.0).margin(1e-7));
+  // q = 0 makes P uniform (1/sk); v_j = e_j makes out[i][j] = P_ij * keep / (1 - p). In fp32
+  // and bf16 (the GPU's tensor-core forward), with an even and an odd Sk* (Philox words of a
+  // column pair then straddle two counters).
+  struct Shape {
+    int sq, sk, d;
+  };
+  for (Backend be : testing::runnable_backends())
+    for (DType t : {DType::f32, DType::bf16})
+      for (Shape sh : {Shape{3, 64, 64}, Shape{5, 67, 128}}) {
+        const int sq = sh.sq, sk = sh.sk, h = 2, d = sh.d;
+        INFO("backend " << backend_name(be) << " " << dtype_name(t) << " sq=" << sq << " sk=" << sk);
+        const float p = 0.3f;
+        std::vector<double> v(size_t(sk) * d, 0.0);
+        for (int j = 0; j < sk; ++j) v[size_t(j) * d + j] = 1.0;
+        Buffer bq(be, t, sq * h * d), bk(be, t, sk * d), bv(be, t, sk * d), bo(be, t, sq * h * d),
+            bl(be, DType::f32, h * sq);
+        REQUIRE(bq.fill(0.f).ok());
+        REQUIRE(bk.fill(0.5f).ok());
+        REQUIRE(bv.upload(v).ok());
+        RunOptions opts;
+        opts.backend = be;
+        opts.dropout_seed = 42;
+        opts.dropout_offset = 7;
+        REQUIRE(mha_fwd(bq.view({1, sq, h, d}), bk.view({1, sk, 1, d}), bv.view({1, sk, 1, d}),
+                        bo.view({1, sq, h, d}), bl.view({1, h, sq}), std::nullopt, p, 0.f, false,
+                        -1, -1, 0.f, false, opts)
+                    .ok());
+        std::vector<double> out;
+        REQUIRE(bo.download(&out).ok());
+        const uint32_t thr = dropout_threshold(p);
+        const double kept = 1.0 / sk / (1.0 - p);
+        const double tol = t == DType::f32 ? 1e-7 : kept * 1e-2;
+        int dropped = 0;
+        for (int i = 0; i < sq; ++i)
+          for (int hh = 0; hh < h; ++hh)
+            for (int j = 0; j < sk; ++j) {
+              const bool keep = dropout_keep(42, 7, thr, 0, hh, i, j, h, sq, sk);
+              dropped += !keep;
+              REQUIRE(out[(size_t(i) * h + hh) * d + j] == Approx(keep ? kept : 0.0).margin(tol));
+            }
+        CHECK(dropped > 0);
       }
-  CHECK(dropped > 0);
 }
 
 TEST_CASE("dropout: keep rate, reproducibility, seeds and offsets", "[dropout]") {
@@ -108,8 +120,12 @@ TEST_CASE("dropout: keep rate, reproducibility, seeds and offsets", "[dropout]")
     for (int64_t i = 0; i < n; ++i) kept += dropout_draw(1234, 0, static_cast<uint64_t>(i)) < thr;
     CHECK(std::fabs(double(kept) / n - (1.0 - p)) < 0.005);
   }
-  // Same inputs and seed: bit-identical; another seed or offset: a different output.
-  Case c = make(1, 20, 20, 2, 2, 32, DType::f32, 0.2);
+  // Same inputs and seed: bit-identical; another seed or offset: a different output. On every
+  // backend, in fp32 and bf16 (the GPU's tensor-core forward).
+  for (Backend be : testing::runnable_backends())
+  for (DType t : {DType::f32, DType::bf16}) {
+  INFO("backend " << backend_name(be) << " " << dtype_name(t));
+  Case c = make(1, 20, 20, 2, 2, 32, t, 0.2);
   c.bwd = false;
   auto out_of = [&](uint64_t seed, uint64_t offset) {
     Case k = c;
@@ -117,11 +133,11 @@ TEST_CASE("dropout: keep rate, reproducibility, seeds and offsets", "[dropout]")
     k.p.dropout_offset = offset;
     std::mt19937_64 rng(k.seed);
     const size_t nq = size_t(20) * 2 * 32;
-    auto q = testing::random_tensor(nq, DType::f32, rng, 1.0);
-    Buffer bq(Backend::cpu, DType::f32, nq), bo(Backend::cpu, DType::f32, nq),
-        bl(Backend::cpu, DType::f32, 40);
+    auto q = testing::random_tensor(nq, t, rng, 1.0);
+    Buffer bq(be, t, nq), bo(be, t, nq), bl(be, DType::f32, 40);
     REQUIRE(bq.upload(q).ok());
     RunOptions opts;
+    opts.backend = be;
     opts.dropout_seed = seed;
     opts.dropout_offset = offset;
     const auto Q = bq.view({1, 20, 2, 32});
@@ -136,6 +152,7 @@ TEST_CASE("dropout: keep rate, reproducibility, seeds and offsets", "[dropout]")
   CHECK(a == b);
   CHECK(a != s);
   CHECK(a != o);
+  }
 }
 
 TEST_CASE("dropout: invalid combinations", "[dropout][errors]") {

@@ -216,8 +216,8 @@ VOutcome run_varlen(const VCase& c, Backend be) {
   return r;
 }
 
-// The CPU backend implements varlen; GPU backends refuse it (unsupported) until they do.
-std::vector<Backend> varlen_backends() { return {Backend::cpu}; }
+// Every runnable backend implements varlen (the GPU backends since issue 5).
+std::vector<Backend> varlen_backends() { return testing::runnable_backends(); }
 
 void check_all(const std::vector<VCase>& cases) {
   for (Backend b : varlen_backends())
@@ -358,7 +358,8 @@ TEST_CASE("varlen: equal lengths match the fixed-length entry point", "[varlen]"
 }
 
 TEST_CASE("varlen: zero_tensors zeroes out and sets lse to -inf outside the sequences", "[varlen]") {
-  const Backend be = Backend::cpu;
+  for (Backend be : varlen_backends()) {
+  INFO("backend " << backend_name(be));
   const int h = 1, d = 8, tq = 5, tk = 4;
   Buffer bq(be, DType::f32, tq * h * d), bk(be, DType::f32, tk * d), bv(be, DType::f32, tk * d),
       bo(be, DType::f32, tq * h * d), bl(be, DType::f32, h * tq), bcq(be, DType::i32, 2),
@@ -385,6 +386,28 @@ TEST_CASE("varlen: zero_tensors zeroes out and sets lse to -inf outside the sequ
   CHECK(std::isfinite(l[0]));
   CHECK(std::isfinite(l[1]));
   for (int i = 2; i < tq; ++i) CHECK(l[i] == -std::numeric_limits<double>::infinity());
+  // The backward zeroes dq, dk, dv the same way (rows no sequence covers stay 0).
+  Buffer bdo(be, DType::f32, tq * h * d), bdq(be, DType::f32, tq * h * d),
+      bdk(be, DType::f32, tk * d), bdv(be, DType::f32, tk * d);
+  REQUIRE(bdo.fill(0.75f).ok());
+  for (Buffer* g : {&bdq, &bdk, &bdv}) REQUIRE(g->fill(kPoison).ok());
+  REQUIRE(mha_varlen_bwd(bdo.view({tq, h, d}), bq.view({tq, h, d}), bk.view({tk, 1, d}),
+                         bv.view({tk, 1, d}), bo.view({tq, h, d}), bl.view({h, tq}),
+                         bdq.view({tq, h, d}), bdk.view({tk, 1, d}), bdv.view({tk, 1, d}),
+                         bcq.view({2}), bck.view({2}), std::nullopt, 2, 3, 0.f, 0.f, true, false,
+                         -1, -1, 0.f, false, std::nullopt, opts)
+              .ok());
+  std::vector<double> dq, dk, dv;
+  REQUIRE(bdq.download(&dq).ok());
+  REQUIRE(bdk.download(&dk).ok());
+  REQUIRE(bdv.download(&dv).ok());
+  for (int i = 2 * d; i < tq * d; ++i) CHECK(dq[i] == 0.0);
+  for (int i = 3 * d; i < tk * d; ++i) {
+    CHECK(dk[i] == 0.0);
+    CHECK(dv[i] == 0.0);
+  }
+  for (int i = 0; i < 3 * d; ++i) CHECK(std::isfinite(dv[i]));
+  }
 }
 
 TEST_CASE("varlen: invalid arguments are reported before anything runs", "[varlen][errors]") {

@@ -278,6 +278,7 @@ Status fwd(const AttnParams& p, const RunOptions& opts) {
   const Device* dev = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
   if (p.is_kvcache) return p.batch == 0 ? Status::Ok() : fwd_kvcache(p, opts, *dev);
+  if (p.zero_tensors) FLASHPLUS_RETURN_IF_ERROR(finish("fwd", zero_fwd_outputs(p, opts.stream)));
   if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
   const auto fb = [&] { return run_fwd_fallback(p, opts.stream); };
   // seqlen_k == 0: every row is empty; the fallback writes out = 0, lse = +inf without a K loop.
@@ -291,6 +292,7 @@ Status bwd(const AttnParams& p, const RunOptions& opts) {
   DeviceGuard guard;
   const Device* dev = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(prepare(p, &guard, &dev));
+  if (p.zero_tensors) FLASHPLUS_RETURN_IF_ERROR(finish("bwd", zero_bwd_outputs(p, opts.stream)));
   if (p.batch == 0 || p.nheads == 0) return Status::Ok();
   const auto fb = [&] { return run_bwd_fallback(p, opts.stream); };
   if (p.seqlen_k == 0 || p.seqlen_q == 0) return finish("bwd", fb());  // only zero-filling left
@@ -498,7 +500,8 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       gpu::devices,        gpu::alloc,           gpu::free_mem,      gpu::copy_h2d,
       gpu::copy_d2h,       gpu::synchronize,     gpu::timer_create,  gpu::timer_destroy,
       gpu::timer_start,    gpu::timer_stop_ms,
-      /*features=*/FLASHPLUS_VENDOR_HIP ? 0u : detail::kFeatureKvcache,
+      /*features=*/detail::kFeatureVarlen | detail::kFeatureDropout |
+          (FLASHPLUS_VENDOR_HIP ? 0u : detail::kFeatureKvcache),
       /*measure_copy_gbs=*/gpu::measure_copy_gbs,
 #if FLASHPLUS_VENDOR_HIP
       /*measure_matmul_tflops=*/nullptr,  // no rocBLAS loader yet

@@ -33,6 +33,10 @@ std::vector<KernelConfig> fwd_tc_configs(int head_dim);
 std::vector<KernelConfig> bwd_tc_configs(int head_dim);
 
 // Portable fallback (no tensor cores; any dtype incl. fp32, any head_dim <= 256, any arch).
+// zero_tensors: out = 0 and softmax_lse = -inf (fwd), dq = dk = dv = 0 and softmax_d = 0 (bwd)
+// over the whole tensors, packed rows no sequence covers included; run before the kernels.
+Status zero_fwd_outputs(const AttnParams& p, void* stream);
+Status zero_bwd_outputs(const AttnParams& p, void* stream);
 Status run_fwd_fallback(const AttnParams& p, void* stream);
 Status run_bwd_fallback(const AttnParams& p, void* stream);
 

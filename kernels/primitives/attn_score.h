@@ -39,4 +39,25 @@ FP_DEV float logit(const AttnParams& p, float acc, float slope, int i, int j, fl
   return s;
 }
 
+// The same two for a sequence whose own lengths differ from seqlen_q/k (varlen, kv cache):
+// `off` = that sequence's Sk - Sq (API.md §2.5: ALiBi aligns with actual per-sequence lengths).
+FP_DEV float alibi_bias_off(const AttnParams& p, float slope, int i, int j, int off) {
+  if (p.is_causal) return slope * static_cast<float>(j);
+  const int dist = i + off - j;
+  return -slope * static_cast<float>(dist < 0 ? -dist : dist);
+}
+
+FP_DEV float logit_off(const AttnParams& p, float acc, float slope, int i, int j, int off,
+                       float* tanh_out) {
+  float s = acc * p.softmax_scale;
+  float th = 0.f;
+  if (p.softcap > 0.f) {
+    th = tanhf(s / p.softcap);
+    s = p.softcap * th;
+  }
+  if (p.alibi_slopes) s += alibi_bias_off(p, slope, i, j, off);
+  *tanh_out = th;
+  return s;
+}
+
 }  // namespace flashplus::prim

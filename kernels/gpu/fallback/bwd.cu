@@ -5,7 +5,9 @@
 //      kv head and over the query tiles that can see the key tile; dk, dv in registers.
 //   3. dq_kernel: one block per (query tile, query head, batch); loops over visible key tiles.
 // Both 2 and 3 recompute P = exp(z - lse) and dS = P * (dP - D) (times the softcap derivative
-// 1 - tanh^2, times softmax_scale) on a bt x bt tile in shared memory.
+// 1 - tanh^2, times softmax_scale) on a bt x bt tile in shared memory; with dropout P and dP go
+// through the forward's Philox keep (philox.h). Grids cover the longest sequence; every index
+// goes through AttnParams' per-sequence helpers (fixed length and varlen alike).
 #include <cmath>
 
 #include "gpu/fallback/common.h"
@@ -26,31 +28,36 @@ __global__ void __launch_bounds__(kThreads) dot_do_o_kernel(const AttnParams p, 
   const int i = static_cast<int>(row % p.seqlen_q);
   const int64_t bh = row / p.seqlen_q;
   const int h = static_cast<int>(bh % p.nheads), b = static_cast<int>(bh / p.nheads);
+  if (i >= p.actual_seqlen_q(b)) return;  // past this sequence's end (varlen)
   const T* dout = static_cast<const T*>(p.dout);
   const T* out = static_cast<const T*>(p.out);
-  const int64_t od = offset(p.dout_stride, b, i, h, 0), oo = offset(p.out_stride, b, i, h, 0);
+  const int64_t od = p.q_offset(p.dout_stride, b, i) + h * p.dout_stride.head;
+  const int64_t oo = p.q_offset(p.out_stride, b, i) + h * p.out_stride.head;
   float s = 0.f;
   for (int c = platform::lane_id(); c < p.head_dim; c += platform::warp_size())
     s += platform::to_float(dout[od + c]) * platform::to_float(out[oo + c]);
   s = platform::warp_reduce_sum(s);
-  if (platform::lane_id() == 0) dvec[row] = s;
+  if (platform::lane_id() == 0) dvec[p.lse_offset(b, h, i)] = s;
 }
 
 // Fills sP (if non-null) and sdS ([bt][bt + 1], query row r, key column c) for query rows
-// [m0, m0 + bt) (valid below m_end) and key rows [n0, n0 + bt) (valid below n_end).
-__device__ __forceinline__ void p_ds_tile(const AttnParams& p, float slope, int bt, int m0,
-                                          int m_end, int n0, int n_end, const float* sQ,
-                                          const float* sdO, const float* sK, const float* sV,
-                                          const float* sLse, const float* sD, float* sP,
-                                          float* sdS) {
+// [m0, m0 + bt) (valid below m_end) and key rows [n0, n0 + bt) (valid below n_end) of sequence b,
+// head h, whose actual lengths are sq, sk. With dropout, O = P_d V with P_d = P * keep / (1 - p):
+// sP gets P_d (for dV) and dS = P * (dP * keep / (1 - p) - D), as the CPU backend.
+__device__ __forceinline__ void p_ds_tile(const AttnParams& p, int b, int h, int sq, int sk,
+                                          float slope, int bt, int m0, int m_end, int n0,
+                                          int n_end, const float* sQ, const float* sdO,
+                                          const float* sK, const float* sV, const float* sLse,
+                                          const float* sD, float* sP, float* sdS) {
   const int d = p.head_dim;
+  const bool dropout = p.has_dropout();
   for (int e = threadIdx.x; e < bt * bt; e += kThreads) {
     const int r = e / bt, c = e % bt;
     const int i = m0 + r, j = n0 + c;
     float pr = 0.f, ds = 0.f;
     if (i < m_end && j < n_end) {
       int lo, hi;
-      p.key_range(i, &lo, &hi);
+      p.key_range(i, sq, sk, &lo, &hi);
       if (j >= lo && j < hi) {
         const float* qr = sQ + r * (d + 1);
         const float* dor = sdO + r * (d + 1);
@@ -62,9 +69,15 @@ __device__ __forceinline__ void p_ds_tile(const AttnParams& p, float slope, int 
           dp += dor[x] * vr[x];
         }
         float t;
-        const float z = logit(p, slope, i, j, s * p.softmax_scale, &t);
+        const float z = logit(p, slope, i, j, sk - sq, s * p.softmax_scale, &t);
         pr = expf(z - sLse[r]);  // lse = +inf (empty row) gives 0
-        ds = pr * (dp - sD[r]);
+        if (dropout) {
+          const bool keep = p.dropout_keep(b, h, i, j);
+          ds = pr * ((keep ? dp * p.rp_dropout : 0.f) - sD[r]);
+          pr = keep ? pr * p.rp_dropout : 0.f;
+        } else {
+          ds = pr * (dp - sD[r]);
+        }
         if (p.softcap > 0.f) ds *= 1.f - t * t;
         ds *= p.softmax_scale;
       }
@@ -74,13 +87,13 @@ __device__ __forceinline__ void p_ds_tile(const AttnParams& p, float slope, int 
   }
 }
 
+// Rows [m0, m0 + bt) of (b, h) of softmax_lse or D (both in the lse layout); `fill` past m_end.
 __device__ __forceinline__ void load_rowvec(float* dst, const float* src, const AttnParams& p,
                                             int b, int h, int m0, int m_end, int bt,
                                             float fill) {
   if (threadIdx.x < bt) {
     const int i = m0 + threadIdx.x;
-    dst[threadIdx.x] =
-        i < m_end ? src[(static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i] : fill;
+    dst[threadIdx.x] = i < m_end ? src[p.lse_offset(b, h, i)] : fill;
   }
 }
 
@@ -88,7 +101,9 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(const AttnParams p, const float* dvec) {
   const int d = p.head_dim, bt = bwd_tile(d);
   const int n0 = blockIdx.x * bt, hk = blockIdx.y, b = blockIdx.z;
-  const int n_end = p.seqlen_k;
+  const int sq = p.actual_seqlen_q(b), sk = p.actual_seqlen_k(b);
+  if (n0 >= sk) return;  // past this sequence's keys (varlen)
+  const int n_end = sk;
   extern __shared__ float smem[];
   float* sK = smem;
   float* sV = sK + bt * (d + 1);
@@ -99,18 +114,21 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const AttnParams p, cons
   float* sLse = sdS + bt * (bt + 1);
   float* sD = sLse + bt;
 
-  load_tile(sK, static_cast<const T*>(p.k), p.k_stride, b, n0, bt, n_end, hk, d);
-  load_tile(sV, static_cast<const T*>(p.v), p.v_stride, b, n0, bt, n_end, hk, d);
+  const QRows qrows{&p, &p.q_stride, b}, dorows{&p, &p.dout_stride, b};
+  load_tile(sK, static_cast<const T*>(p.k), KRows{&p, &p.k_stride, b}, p.k_stride.head, n0, bt,
+            n_end, hk, d);
+  load_tile(sV, static_cast<const T*>(p.v), KRows{&p, &p.v_stride, b}, p.v_stride.head, n0, bt,
+            n_end, hk, d);
   float dk[kBwdAccPerThread], dv[kBwdAccPerThread];
 #pragma unroll
   for (int t = 0; t < kBwdAccPerThread; ++t) dk[t] = dv[t] = 0.f;
 
   // Query rows that can see some key of [n0, n1): from the window definition
-  // j - off - wr <= i <= j - off + wl with off = seqlen_k - seqlen_q.
+  // j - off - wr <= i <= j - off + wl with off = sk - sq.
   const int n1 = min(n0 + bt, n_end);
-  long long ilo = 0, ihi = p.seqlen_q;
+  long long ilo = 0, ihi = sq;
   if (p.has_window()) {
-    const long long off = static_cast<long long>(p.seqlen_k) - p.seqlen_q;
+    const long long off = static_cast<long long>(sk) - sq;
     const long long a = n0 - off - p.window_right, z = (n1 - 1) - off + p.window_left + 1;
     ilo = a > ilo ? a : ilo;
     ihi = z < ihi ? z : ihi;
@@ -122,12 +140,14 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const AttnParams p, cons
     for (long long m0l = ilo; m0l < ihi; m0l += bt) {
       const int m0 = static_cast<int>(m0l), m_end = static_cast<int>(ihi);
       __syncthreads();  // previous tile's reads done (and sK/sV loaded)
-      load_tile(sQ, static_cast<const T*>(p.q), p.q_stride, b, m0, bt, m_end, h, d);
-      load_tile(sdO, static_cast<const T*>(p.dout), p.dout_stride, b, m0, bt, m_end, h, d);
+      load_tile(sQ, static_cast<const T*>(p.q), qrows, p.q_stride.head, m0, bt, m_end, h, d);
+      load_tile(sdO, static_cast<const T*>(p.dout), dorows, p.dout_stride.head, m0, bt, m_end, h,
+                d);
       load_rowvec(sLse, p.softmax_lse, p, b, h, m0, m_end, bt, INFINITY);
       load_rowvec(sD, dvec, p, b, h, m0, m_end, bt, 0.f);
       __syncthreads();
-      p_ds_tile(p, slope, bt, m0, m_end, n0, n_end, sQ, sdO, sK, sV, sLse, sD, sP, sdS);
+      p_ds_tile(p, b, h, sq, sk, slope, bt, m0, m_end, n0, n_end, sQ, sdO, sK, sV, sLse, sD, sP,
+                sdS);
       __syncthreads();
 #pragma unroll
       for (int t = 0; t < kBwdAccPerThread; ++t) {
@@ -153,8 +173,10 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const AttnParams p, cons
     if (e < bt * d) {
       const int c = e / d, x = e % d;
       if (n0 + c < n_end) {
-        dkp[offset(p.dk_stride, b, n0 + c, hk, x)] = platform::from_float<T>(dk[t]);
-        dvp[offset(p.dv_stride, b, n0 + c, hk, x)] = platform::from_float<T>(dv[t]);
+        dkp[p.kv_offset(p.dk_stride, b, n0 + c) + hk * p.dk_stride.head + x] =
+            platform::from_float<T>(dk[t]);
+        dvp[p.kv_offset(p.dv_stride, b, n0 + c) + hk * p.dv_stride.head + x] =
+            platform::from_float<T>(dv[t]);
       }
     }
   }
@@ -164,8 +186,11 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const AttnParams p, const float* dvec) {
   const int d = p.head_dim, bt = bwd_tile(d);
   const int m0 = blockIdx.x * bt, h = blockIdx.y, b = blockIdx.z;
+  const int sq = p.actual_seqlen_q(b);
+  if (m0 >= sq) return;  // past this sequence's queries (varlen)
+  const int sk = p.actual_seqlen_k(b);
   const int hk = h / p.group();
-  const int m_end = p.seqlen_q;
+  const int m_end = sq;
   const int rows = min(bt, m_end - m0);
   extern __shared__ float smem[];
   float* sQ = smem;
@@ -176,24 +201,28 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const AttnParams p, const 
   float* sLse = sdS + bt * (bt + 1);
   float* sD = sLse + bt;
 
-  load_tile(sQ, static_cast<const T*>(p.q), p.q_stride, b, m0, bt, m_end, h, d);
-  load_tile(sdO, static_cast<const T*>(p.dout), p.dout_stride, b, m0, bt, m_end, h, d);
+  load_tile(sQ, static_cast<const T*>(p.q), QRows{&p, &p.q_stride, b}, p.q_stride.head, m0, bt,
+            m_end, h, d);
+  load_tile(sdO, static_cast<const T*>(p.dout), QRows{&p, &p.dout_stride, b}, p.dout_stride.head,
+            m0, bt, m_end, h, d);
   load_rowvec(sLse, p.softmax_lse, p, b, h, m0, m_end, bt, INFINITY);
   load_rowvec(sD, dvec, p, b, h, m0, m_end, bt, 0.f);
   float dq[kBwdAccPerThread];
 #pragma unroll
   for (int t = 0; t < kBwdAccPerThread; ++t) dq[t] = 0.f;
 
+  const KRows krows{&p, &p.k_stride, b}, vrows{&p, &p.v_stride, b};
   const float slope = alibi_slope(p, b, h);
   int nlo, nhi, lo_last, hi_first;
-  p.key_range(m0, &nlo, &hi_first);
-  p.key_range(m0 + rows - 1, &lo_last, &nhi);
+  p.key_range(m0, sq, sk, &nlo, &hi_first);
+  p.key_range(m0 + rows - 1, sq, sk, &lo_last, &nhi);
   for (int n0 = nlo; n0 < nhi; n0 += bt) {
     __syncthreads();
-    load_tile(sK, static_cast<const T*>(p.k), p.k_stride, b, n0, bt, nhi, hk, d);
-    load_tile(sV, static_cast<const T*>(p.v), p.v_stride, b, n0, bt, nhi, hk, d);
+    load_tile(sK, static_cast<const T*>(p.k), krows, p.k_stride.head, n0, bt, nhi, hk, d);
+    load_tile(sV, static_cast<const T*>(p.v), vrows, p.v_stride.head, n0, bt, nhi, hk, d);
     __syncthreads();
-    p_ds_tile(p, slope, bt, m0, m_end, n0, nhi, sQ, sdO, sK, sV, sLse, sD, nullptr, sdS);
+    p_ds_tile(p, b, h, sq, sk, slope, bt, m0, m_end, n0, nhi, sQ, sdO, sK, sV, sLse, sD, nullptr,
+              sdS);
     __syncthreads();
 #pragma unroll
     for (int t = 0; t < kBwdAccPerThread; ++t) {
@@ -212,7 +241,9 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const AttnParams p, const 
     const int e = threadIdx.x + t * kThreads;
     if (e < bt * d) {
       const int r = e / d, x = e % d;
-      if (r < rows) dqp[offset(p.dq_stride, b, m0 + r, h, x)] = platform::from_float<T>(dq[t]);
+      if (r < rows)
+        dqp[p.q_offset(p.dq_stride, b, m0 + r) + h * p.dq_stride.head + x] =
+            platform::from_float<T>(dq[t]);
     }
   }
 }
@@ -220,6 +251,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const AttnParams p, const 
 template <class T>
 Status launch_bwd(const AttnParams& p, gpuStream_t stream, float* dvec) {
   const int d = p.head_dim, bt = bwd_tile(d);
+  // Grids cover the longest sequence (seqlen_q/k = max_seqlen_q/k in varlen mode); blocks past a
+  // sequence's own end leave at once.
   const int64_t nrows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   if (nrows > 0) {
     constexpr int kWarps = kThreads / platform::warp_size();
@@ -256,6 +289,21 @@ Status launch_bwd_dtype(const AttnParams& p, gpuStream_t stream, float* dvec) {
 }  // namespace
 }  // namespace fallback
 
+Status zero_bwd_outputs(const AttnParams& p, void* stream_ptr) {
+  using namespace fallback;
+  const auto stream = static_cast<gpuStream_t>(stream_ptr);
+  const bool packed = p.is_varlen();
+  const int nb = packed ? 1 : p.batch;
+  const int rq = packed ? p.total_q : p.seqlen_q, rk = packed ? p.total_k : p.seqlen_k;
+  FLASHPLUS_RETURN_IF_ERROR(
+      zero_tensor(p.dtype, p.dq, p.dq_stride, nb, rq, p.nheads, p.head_dim, stream));
+  FLASHPLUS_RETURN_IF_ERROR(
+      zero_tensor(p.dtype, p.dk, p.dk_stride, nb, rk, p.nheads_k, p.head_dim, stream));
+  FLASHPLUS_RETURN_IF_ERROR(
+      zero_tensor(p.dtype, p.dv, p.dv_stride, nb, rk, p.nheads_k, p.head_dim, stream));
+  return fill_f32(p.softmax_d, p.lse_size(), 0.f, stream);
+}
+
 Status run_bwd_fallback(const AttnParams& p, void* stream_ptr) {
   using namespace fallback;
   if (p.head_dim < 1 || p.head_dim > kMaxHeadDim)
@@ -265,7 +313,7 @@ Status run_bwd_fallback(const AttnParams& p, void* stream_ptr) {
   // D = rowsum(dout * out) goes to softmax_d when the caller asked for it, else to a workspace.
   float* dvec = p.softmax_d;
   float* workspace = nullptr;
-  const size_t nrows = static_cast<size_t>(p.batch) * p.nheads * p.seqlen_q;
+  const size_t nrows = static_cast<size_t>(p.lse_size());
   if (dvec == nullptr && nrows > 0) {
     FLASHPLUS_GPU_CHECK(gpuMalloc(reinterpret_cast<void**>(&workspace), nrows * sizeof(float)));
     dvec = workspace;

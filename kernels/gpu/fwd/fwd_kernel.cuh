@@ -6,6 +6,14 @@
 // S = Q K(n)^T runs, K(n+1) loads while the softmax and O += P V(n) run. P never leaves
 // registers (C fragments repacked as A fragments). Tiles strictly inside every row's visible
 // range skip the element mask; tiles outside all rows' ranges are never visited.
+//
+// Geometry goes through AttnParams' per-sequence helpers, once per block, outside the key loop:
+// fixed length, varlen (grid over the longest sequence; a block past its sequence's end leaves at
+// once; packed q/out rows at cu_seqlens_q[b], keys at cu_seqlens_k[b], seqused_k, masks and ALiBi
+// aligned per sequence, lse (nheads, total_q)) and paged varlen (block_table; each BN-key tile
+// lies in one page when page_block_size % BN == 0, else no instance). Dropout (kDrop, compiled for
+// each bucket's default tile only) applies the Philox keep of flashplus/philox.h to P in registers
+// after the row sum, so lse is before dropout, and scales O by 1 / (1 - p) at the end.
 #pragma once
 #include "platform/gpu_runtime.h"
 #if FLASHPLUS_VENDOR_HIP
@@ -31,6 +39,21 @@ namespace flashplus::gpu::tc {
 #define FLASHPLUS_FWD_TILES_D128(X) \
   X(128, 128, 64, 4) X(128, 128, 64, 8) X(128, 128, 32, 4) X(128, 64, 64, 4)
 #define FLASHPLUS_FWD_TILES_D256(X) X(256, 64, 32, 4) X(256, 64, 64, 4) X(256, 128, 64, 8)
+
+// Whether (D, BM, BN, NW) is the first (default) tile of its bucket's list.
+struct FwdTileDesc {
+  int d, bm, bn, nw;
+};
+#define FLASHPLUS_FWD_DESC(DD, BM, BN, NW) FwdTileDesc{DD, BM, BN, NW},
+inline constexpr FwdTileDesc kFwdTileList[] = {FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_DESC)
+                                                   FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_DESC)
+                                                       FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_DESC)};
+#undef FLASHPLUS_FWD_DESC
+constexpr bool is_default_fwd_tile(int d, int bm, int bn, int nw) {
+  for (const FwdTileDesc& t : kFwdTileList)
+    if (t.d == d) return t.bm == bm && t.bn == bn && t.nw == nw;
+  return false;
+}
 
 template <int D, int BM, int BN, int NW>
 struct FwdTraits {
@@ -73,7 +96,40 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
   }
 }
 
-template <typename T, int D, int BM, int BN, int NW>
+// Dropout keep bits of the column pair (j, j + 1) of a row whose linear Philox index (philox.h)
+// of column j is n. One Philox call covers 4 consecutive indices; a pair straddles two calls only
+// when n % 4 == 3 (odd Sk*).
+__device__ __forceinline__ void dropout_keep_pair(const AttnParams& p, uint64_t n, bool* k0,
+                                                  bool* k1) {
+  const uint32_t seed_lo = static_cast<uint32_t>(p.philox_seed),
+                 seed_hi = static_cast<uint32_t>(p.philox_seed >> 32);
+  const uint32_t off_lo = static_cast<uint32_t>(p.philox_offset),
+                 off_hi = static_cast<uint32_t>(p.philox_offset >> 32);
+  const uint64_t blk = n >> 2;
+  const Philox4 r = philox4x32_10(
+      Philox4{{static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), off_lo, off_hi}},
+      seed_lo, seed_hi);
+  const int w = static_cast<int>(n & 3);
+  // Select without dynamic register indexing (which would spill r to local memory).
+  const uint32_t d0 = w == 0 ? r.x[0] : w == 1 ? r.x[1] : w == 2 ? r.x[2] : r.x[3];
+  uint32_t d1;
+  if (w < 3) {
+    d1 = w == 0 ? r.x[1] : w == 1 ? r.x[2] : r.x[3];
+  } else {
+    const uint64_t nb = blk + 1;
+    d1 = philox4x32_10(
+             Philox4{{static_cast<uint32_t>(nb), static_cast<uint32_t>(nb >> 32), off_lo, off_hi}},
+             seed_lo, seed_hi)
+             .x[0];
+  }
+  *k0 = d0 < p.dropout_threshold;
+  *k1 = d1 < p.dropout_threshold;
+}
+
+// kVar: per-sequence geometry (varlen, paged varlen). Without it the fixed-length instance reads
+// lengths and offsets straight from the params, exactly as before varlen existed (no extra live
+// registers in the key loop). kDrop: dropout.
+template <typename T, int D, int BM, int BN, int NW, bool kVar, bool kDrop>
 __global__ void __launch_bounds__(NW * 32)
     fwd_tc_kernel(const AttnParams p) {
 #if FLASHPLUS_HAS_MMA_SYNC
@@ -91,19 +147,27 @@ __global__ void __launch_bounds__(NW * 32)
   const int m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
   const int m0 = m_block * BM;
-  const int rows_q = min(BM, p.seqlen_q - m0);
+  // This sequence's lengths (fixed length: seqlen_q/k). Varlen grids cover the longest sequence.
+  const int sq = kVar ? p.actual_seqlen_q(b) : p.seqlen_q;
+  if (kVar && m0 >= sq) return;
+  const int sk = kVar ? p.actual_seqlen_k(b) : p.seqlen_k;
+  const int rows_q = min(BM, sq - m0);
   const int dchunks = p.head_dim / 8;
 
-  T* out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
-           static_cast<int64_t>(m0) * p.out_stride.row;
-  float* lse_out = p.softmax_lse ? p.softmax_lse + (static_cast<int64_t>(b) * p.nheads + h) *
-                                                       p.seqlen_q + m0
-                                 : nullptr;
+  auto q_rows = [&](const Strides3& st) {  // element offset of query row m0 of sequence b
+    return kVar ? p.q_offset(st, b, m0)
+                : b * st.batch + static_cast<int64_t>(m0) * st.row;
+  };
+  T* out = static_cast<T*>(p.out) + q_rows(p.out_stride) + h * p.out_stride.head;
+  float* lse_out =
+      p.softmax_lse == nullptr ? nullptr
+      : kVar ? p.softmax_lse + p.lse_offset(b, h, m0)
+             : p.softmax_lse + (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0;
 
   // Key range seen by the block: key_range's bounds are non-decreasing in the row.
   int lo_first, hi_first, lo_last, hi_last;
-  p.key_range(m0, &lo_first, &hi_first);
-  p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  p.key_range(m0, sq, sk, &lo_first, &hi_first);
+  p.key_range(m0 + rows_q - 1, sq, sk, &lo_last, &hi_last);
   const int n_lo = lo_first, n_hi = hi_last;
 
   if (n_lo >= n_hi) {  // no row of this block sees a key: out = 0, lse = +inf
@@ -116,10 +180,22 @@ __global__ void __launch_bounds__(NW * 32)
     return;
   }
 
-  const T* q = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
-               static_cast<int64_t>(m0) * p.q_stride.row;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  const T* q = static_cast<const T*>(p.q) + q_rows(p.q_stride) + h * p.q_stride.head;
+  // Keys: rows of one sequence at a fixed stride (fixed length, packed varlen), or pages of BN-
+  // aligned tiles (paged varlen: the tile at key n0 starts at kv_offset(b, n0)).
+  const bool paged = kVar && p.block_table != nullptr;
+  const T* k = static_cast<const T*>(p.k) + hk * p.k_stride.head +
+               (kVar ? (paged ? 0 : p.kv_offset(p.k_stride, b, 0)) : b * p.k_stride.batch);
+  const T* v = static_cast<const T*>(p.v) + hk * p.v_stride.head +
+               (kVar ? (paged ? 0 : p.kv_offset(p.v_stride, b, 0)) : b * p.v_stride.batch);
+  auto k_tile = [&](int n0) {
+    return paged ? k + p.kv_offset(p.k_stride, b, n0)
+                 : k + static_cast<int64_t>(n0) * p.k_stride.row;
+  };
+  auto v_tile = [&](int n0) {
+    return paged ? v + p.kv_offset(p.v_stride, b, n0)
+                 : v + static_cast<int64_t>(n0) * p.v_stride.row;
+  };
 
   const int n_first = n_lo / BN, n_last = (n_hi - 1) / BN;
 
@@ -145,8 +221,8 @@ __global__ void __launch_bounds__(NW * 32)
   }
 
   load_tile_async<TileQ, BM, D, kThreads>(sQ, q, p.q_stride.row, rows_q, dchunks, q, tid);
-  load_tile_async<TileKV, BN, D, kThreads>(sK, k + static_cast<int64_t>(n_first) * BN * p.k_stride.row,
-                                           p.k_stride.row, p.seqlen_k - n_first * BN, dchunks, k, tid);
+  load_tile_async<TileKV, BN, D, kThreads>(sK, k_tile(n_first * BN), p.k_stride.row,
+                                           sk - n_first * BN, dchunks, k, tid);
   prim::cp_async_commit();
 
   const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
@@ -164,8 +240,8 @@ __global__ void __launch_bounds__(NW * 32)
 
   for (int nb = n_first; nb <= n_last; ++nb) {
     const int n0 = nb * BN;
-    load_tile_async<TileKV, BN, D, kThreads>(sV, v + static_cast<int64_t>(n0) * p.v_stride.row,
-                                             p.v_stride.row, p.seqlen_k - n0, dchunks, v, tid);
+    load_tile_async<TileKV, BN, D, kThreads>(sV, v_tile(n0), p.v_stride.row, sk - n0, dchunks, v,
+                                             tid);
     prim::cp_async_commit();
     prim::cp_async_wait<1>();  // Q and K(nb) have landed
     __syncthreads();
@@ -199,13 +275,12 @@ __global__ void __launch_bounds__(NW * 32)
     }
     __syncthreads();  // every warp is done with sK
     if (nb < n_last)
-      load_tile_async<TileKV, BN, D, kThreads>(
-          sK, k + static_cast<int64_t>(n0 + BN) * p.k_stride.row, p.k_stride.row,
-          p.seqlen_k - n0 - BN, dchunks, k, tid);
+      load_tile_async<TileKV, BN, D, kThreads>(sK, k_tile(n0 + BN), p.k_stride.row,
+                                               sk - n0 - BN, dchunks, k, tid);
     prim::cp_async_commit();
 
     // ---- logits, mask, online softmax ----
-    const bool full_tile = n0 + BN <= p.seqlen_k && n0 >= lo_last && n0 + BN <= hi_first;
+    const bool full_tile = n0 + BN <= sk && n0 >= lo_last && n0 + BN <= hi_first;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -217,13 +292,19 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
               float th;
+              const int j = n0 + nt * 8 + 2 * t + c;
+              // Varlen: ALiBi aligns with this sequence's own lengths (sk - sq).
               s[mt][nt][2 * r + c] =
-                  prim::logit(p, s[mt][nt][2 * r + c], slope, i, n0 + nt * 8 + 2 * t + c, &th);
+                  kVar ? prim::logit_off(p, s[mt][nt][2 * r + c], slope, i, j, sk - sq, &th)
+                       : prim::logit(p, s[mt][nt][2 * r + c], slope, i, j, &th);
             }
         }
         if (!full_tile) {  // boundary tile: element mask (row bounds recomputed, saves registers)
           int lo, hi;
-          p.key_range(i, &lo, &hi);
+          if (kVar)
+            p.key_range(i, sq, sk, &lo, &hi);
+          else
+            p.key_range(i, &lo, &hi);
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -252,7 +333,20 @@ __global__ void __launch_bounds__(NW * 32)
             s[mt][nt][2 * r + c] = e;
             sum += e;
           }
-        row_sum[mt][r] = row_sum[mt][r] * corr + sum;
+        row_sum[mt][r] = row_sum[mt][r] * corr + sum;  // before dropout: lse is too
+        if constexpr (kDrop) {
+          // Linear Philox index of (b, h, i, j) with Sq* = seqlen_q, Sk* = seqlen_k (philox.h).
+          const uint64_t row_n =
+              ((static_cast<uint64_t>(b) * p.nheads + h) * static_cast<uint64_t>(p.seqlen_q) + i) *
+              static_cast<uint64_t>(p.seqlen_k);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            bool k0, k1;
+            dropout_keep_pair(p, row_n + n0 + nt * 8 + 2 * t, &k0, &k1);
+            if (!k0) s[mt][nt][2 * r] = 0.f;
+            if (!k1) s[mt][nt][2 * r + 1] = 0.f;
+          }
+        }
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt) {
           acc_o[mt][dt][2 * r] *= corr;
@@ -291,7 +385,7 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float l = prim::quad_sum(row_sum[mt][r]);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float inv = l > 0.f ? (kDrop ? p.rp_dropout : 1.f) / l : 0.f;
       const int rr = warp * 16 * kMT + mt * 16 + g + 8 * r;
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
@@ -316,15 +410,18 @@ __global__ void __launch_bounds__(NW * 32)
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
-template <typename T, int D, int BM, int BN, int NW>
+template <typename T, int D, int BM, int BN, int NW, bool kVar, bool kDrop>
 Status launch_fwd_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = FwdTraits<D, BM, BN, NW>;
+  if (p.block_table != nullptr && p.page_block_size % BN != 0)
+    return Status::NoInstance("fwd_tc: page_block_size " + std::to_string(p.page_block_size) +
+                              " is not a multiple of the key tile " + std::to_string(BN));
   int dev = 0, max_smem = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
   FLASHPLUS_GPU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (Tr::kSmemBytes > max_smem)
     return Status::NoInstance("fwd_tc: tile needs more shared memory than this device has");
-  auto kernel = fwd_tc_kernel<T, D, BM, BN, NW>;
+  auto kernel = fwd_tc_kernel<T, D, BM, BN, NW, kVar, kDrop>;
   FLASHPLUS_GPU_CHECK(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize,
                                           Tr::kSmemBytes));
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.nheads, p.batch);
@@ -340,12 +437,24 @@ Status launch_fwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
     return Status::NoInstance("fwd_tc: split-KV and multi-stage pipelines are not compiled");
   if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
   bool first = true;
+  // Varlen and dropout are compiled for the bucket's default (first) tile only: it keeps the
+  // instance count (and compile time) down; another tile answers no_instance and the backend
+  // retries the default.
 #define FLASHPLUS_FWD_TRY(DD, BM, BN, NW)                                                 \
   if constexpr (DD == D) {                                                                \
     const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
     if ((is_default && first) ||                                                          \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
-      return launch_fwd_tile<T, DD, BM, BN, NW>(p, stream);                               \
+        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) { \
+      const bool var = p.is_varlen(), drop = p.has_dropout();                             \
+      if (!var && !drop) return launch_fwd_tile<T, DD, BM, BN, NW, false, false>(p, stream); \
+      if constexpr (is_default_fwd_tile(DD, BM, BN, NW)) {                                \
+        if (!var) return launch_fwd_tile<T, DD, BM, BN, NW, false, true>(p, stream);      \
+        if (!drop) return launch_fwd_tile<T, DD, BM, BN, NW, true, false>(p, stream);     \
+        return launch_fwd_tile<T, DD, BM, BN, NW, true, true>(p, stream);                 \
+      } else {                                                                            \
+        return Status::NoInstance("fwd_tc: varlen and dropout are compiled for the default tile only"); \
+      }                                                                                   \
+    }                                                                                     \
     first = false;                                                                        \
   }
   if constexpr (D == 64) { FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_TRY) }
