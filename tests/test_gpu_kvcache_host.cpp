@@ -59,6 +59,20 @@ TEST_CASE("kv-cache split heuristic fills the H100 with about two waves", "[gpu]
   CHECK(kvcache_num_splits(decode(1, 1 << 24), dev, 64, 8) == 128);
 }
 
+TEST_CASE("kv-cache splits keep the partial results' traffic small", "[gpu][kvcache]") {
+  // GQA 32/8 bf16: 8 bytes x 4 rows per split against 4 bytes per key: splits <= sk / 256.
+  CHECK(kvcache_max_splits_for_traffic(decode(1, 131072)) == 128);
+  CHECK(kvcache_max_splits_for_traffic(decode(64, 4096)) == 16);
+  CHECK(kvcache_max_splits_for_traffic(decode(1, 1023)) == 4);
+  // The decode workloads at the default tile (32 keys, 6 blocks per SM on the H100).
+  const DeviceInfo dev = h100();
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 32, 6) == 99);  // 792 blocks: one full wave
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 32, 6) == 34);   // 2176 blocks: 2.75 waves
+  CHECK(kvcache_num_splits(decode(64, 4096), dev, 32, 6) == 6);    // 3072 blocks: 3.9 waves
+  // A short cache: at most sk / 256 splits even where more would fill the device.
+  CHECK(kvcache_num_splits(decode(1, 2047), dev, 32, 6) == 8);
+}
+
 TEST_CASE("kv-cache split count given by the caller wins", "[gpu][kvcache]") {
   AttnParams p = decode(64, 4096);
   p.num_splits = 5;
@@ -69,13 +83,14 @@ TEST_CASE("kv-cache split count given by the caller wins", "[gpu][kvcache]") {
 
 TEST_CASE("kv-cache default tiles keep bytes in flight per head-dim bucket", "[gpu][kvcache]") {
   const KernelConfig c128 = kvcache_default_tile(128);
-  CHECK(c128.block_n == 64);
-  CHECK(c128.num_warps == 4);
+  CHECK(c128.block_n == 32);  // 6 blocks of 2 warps per SM (docs/PERF.md tile sweep)
+  CHECK(c128.num_warps == 2);
   CHECK(c128.stages >= 2);
   CHECK(c128.block_n % (16 * c128.num_warps) == 0);  // each warp takes whole k16 steps
   const KernelConfig c256 = kvcache_default_tile(256);
   CHECK(c256.block_n % (16 * c256.num_warps) == 0);
-  CHECK(kvcache_default_tile(40).block_n == c128.block_n);
+  CHECK(kvcache_default_tile(96).block_n == c128.block_n);
+  CHECK(kvcache_default_tile(40).block_n % (16 * kvcache_default_tile(40).num_warps) == 0);
 }
 
 TEST_CASE("kv-cache device error word becomes an Invalid status naming the index", "[gpu][kvcache]") {

@@ -59,12 +59,13 @@ inline long long kvcache_blocks(const AttnParams& p) {
 // Default kv-cache tile per head-dim bucket: block_n keys per pipeline stage (each of num_warps
 // warps takes block_n / num_warps of them), `stages` tiles in the cp.async ring. Decoding is
 // bound by the cache read, and on the H100 one warp's loop turns out latency-bound (a fixed
-// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is chosen
-// for warps (and bytes in flight) per SM: a small ring (2 stages of 64 x 128 bf16 K + V,
-// 68 KiB) lets 3 blocks = 12 warps share an SM.
+// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is
+// chosen for warps (and bytes in flight) per SM. d <= 128: 32 keys x 2 warps x 2 stages (36 KiB
+// at d 128) lets 6 blocks = 12 warps share an SM; it beat 64 x 4 x 2 (3 blocks of 4 warps) at
+// every paged-16 decode shape of the sweep there. d <= 64 keeps 64 x 4 x 2 (not measured).
 inline KernelConfig kvcache_default_tile(int head_dim) {
   KernelConfig c;
-  if (head_dim <= 128) {
+  if (head_dim <= 64) {
     c.block_n = 64;
     c.num_warps = 4;
     c.stages = 2;
@@ -76,13 +77,26 @@ inline KernelConfig kvcache_default_tile(int head_dim) {
   return c;
 }
 
+// Most splits whose fp32 partial results (written by the attention, read by the combine: 8 bytes
+// per split, row and channel) stay within kvcache_partial_share of the cache bytes the call
+// reads (2 x elem bytes per kv head, key and channel). Decoding GQA 32/8 in bf16 costs
+// 8 x splits / seqlen_k of the read: 0.6% at 99 splits of 131072 keys.
+constexpr double kKvcachePartialShare = 1. / 32;
+inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
+  const double elem = static_cast<double>(dtype_size(p.dtype));
+  const double per_split = 8. * p.seqlen_q * std::max(1, p.group());  // per kv head and channel
+  const double cache = 2. * elem * static_cast<double>(p.seqlen_k);
+  return static_cast<int>(std::clamp(kKvcachePartialShare * cache / std::max(1., per_split), 1., 128.));
+}
+
 // Splits of the key sequence (split-KV, combined through the LSE) for a kv-cache call:
 // p.num_splits when the caller set it (> 0); otherwise the smallest count whose grid of
 // `blocks_per_sm` blocks per SM gives at least two waves with >= 90% of the last wave busy
 // (one wave of blocks is as good when it is already >= 90% full; memory-bound blocks of a
 // partial last wave leave bandwidth unused), each split keeping at least kMinTiles key tiles
-// of `block_n` (capacity p.seqlen_k: the actual lengths live on the device); 128 at most
-// (upstream's limit). When no count qualifies, the one with the fullest last wave.
+// of `block_n` (capacity p.seqlen_k: the actual lengths live on the device), and the partial
+// results' traffic within kKvcachePartialShare of the cache read; 128 at most (upstream's
+// limit). When no count qualifies, the one with the fullest last wave.
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
   if (p.num_splits > 0) return std::min(p.num_splits, 128);
@@ -91,7 +105,8 @@ inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int bl
   if (base <= 0) return 1;
   const double slots = static_cast<double>(std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm));
   const long long tiles = (static_cast<long long>(p.seqlen_k) + block_n - 1) / std::max(1, block_n);
-  const int max_n = static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128));
+  const int max_n = std::min(kvcache_max_splits_for_traffic(p),
+                             static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128)));
   auto waves = [&](int n) { return static_cast<double>(base) * n / slots; };
   auto eff = [&](int n) { return waves(n) / std::ceil(waves(n)); };  // < 1 wave: the busy share
   if (waves(1) >= 1. && eff(1) >= 0.9) return 1;
