@@ -90,32 +90,31 @@ inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
 }
 
 // Splits of the key sequence (split-KV, combined through the LSE) for a kv-cache call:
-// p.num_splits when the caller set it (> 0); otherwise the smallest count whose grid of
-// `blocks_per_sm` blocks per SM gives at least two waves with >= 90% of the last wave busy
-// (one wave of blocks is as good when it is already >= 90% full; memory-bound blocks of a
-// partial last wave leave bandwidth unused), each split keeping at least kMinTiles key tiles
-// of `block_n` (capacity p.seqlen_k: the actual lengths live on the device), and the partial
-// results' traffic within kKvcachePartialShare of the cache read; 128 at most (upstream's
-// limit). When no count qualifies, the one with the fullest last wave.
+// p.num_splits when the caller set it (> 0); otherwise the fewest whose grid reaches
+// kKvcacheWaveFill of one wave of the tile's blocks (`blocks_per_sm` per SM), 1 when the unsplit
+// grid already does. Each split keeps at least kMinTiles key tiles of `block_n` (capacity
+// p.seqlen_k: the actual lengths live on the device), the partial results' traffic stays within
+// kKvcachePartialShare of the cache read, 128 at most (upstream's limit).
+//
+// Half a wave, from the H100 sweep (docs/PERF.md "KV-cache decoding, round 2"): at every decode
+// shape the fewest splits measured was the fastest (32 x 2 x 2 tile, 792 slots: batch 1 x 131072
+// 50 < 99 < 128 splits, batch 8 x 16384 12 < 24 < 34 < 48, batch 64 x 4096 3 < 6 < 12): longer
+// splits amortise each block's prologue, merge and partial write, and fewer splits cost the
+// combine less; 3 blocks of 2 warps per SM already keep the cache read going. The first rule
+// (>= 2 full waves) picked 99, 34 and 6 there.
+constexpr double kKvcacheWaveFill = 0.5;
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
   if (p.num_splits > 0) return std::min(p.num_splits, 128);
   constexpr int kMinTiles = 4;
   const long long base = kvcache_blocks(p);
   if (base <= 0) return 1;
-  const double slots = static_cast<double>(std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm));
+  const double target = kKvcacheWaveFill * std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm);
   const long long tiles = (static_cast<long long>(p.seqlen_k) + block_n - 1) / std::max(1, block_n);
   const int max_n = std::min(kvcache_max_splits_for_traffic(p),
                              static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128)));
-  auto waves = [&](int n) { return static_cast<double>(base) * n / slots; };
-  auto eff = [&](int n) { return waves(n) / std::ceil(waves(n)); };  // < 1 wave: the busy share
-  if (waves(1) >= 1. && eff(1) >= 0.9) return 1;
-  int best = 1;
-  for (int n = 1; n <= max_n; ++n) {
-    if (waves(n) >= 2. && eff(n) >= 0.9) return n;
-    if (eff(n) > eff(best) + 1e-9) best = n;
-  }
-  return best;
+  const long long want = static_cast<long long>(std::ceil(target / static_cast<double>(base)));
+  return static_cast<int>(std::clamp<long long>(want, 1, max_n));
 }
 
 }  // namespace flashplus::gpu
