@@ -101,7 +101,7 @@ inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
 // 50 < 99 < 128 splits, batch 8 x 16384 12 < 24 < 34 < 48, batch 64 x 4096 3 < 6 < 12): longer
 // splits amortise each block's prologue, merge and partial write, and fewer splits cost the
 // combine less; 3 blocks of 2 warps per SM already keep the cache read going. The first rule
-// (>= 2 full waves) picked 99, 34 and 6 there.
+// (>= 2 full waves) picked 99, 34 and 6 there; this one picks 50 (measured), 7 and 1 (not yet).
 constexpr double kKvcacheWaveFill = 0.5;
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
