@@ -229,7 +229,7 @@ TEST_CASE("configs: schema 2 decode and varlen workloads", "[config]") {
   }
   CHECK(case_flops(vc) == Approx(sum));
   CHECK(case_flops(bench_case_of(vw[0], "bwd")) == Approx(2.5 * sum));
-  const BenchCase dc = bench_case_of(dw[4], "fwd");  // b64, cache 4096, page 16
+  const BenchCase dc = bench_case_of(dw[7], "fwd");  // b64, cache 4096, page 16
   CHECK(dc.batch == 64);
   CHECK(case_flops(dc) == Approx(4.0 * 64 * 32 * 128 * 4097));
   CHECK(case_bytes(dc) == Approx(2.0 * 64 * 4097 * 8 * 128 * 2));
