@@ -195,17 +195,18 @@ TEST_CASE("configs: schema 2 decode and varlen workloads", "[config]") {
   CHECK(dec.nheads_k == 8);
   CHECK(dec.head_dim == 128);
   CHECK(dec.decode_shapes == std::vector<std::pair<int, int>>{{1, 131072}, {8, 16384}, {64, 4096}});
-  CHECK(dec.page_sizes == std::vector<int>{16, 256});
+  CHECK(dec.page_sizes == std::vector<int>{0, 16, 256});
   CHECK(dec.modes == std::vector<std::string>{"fwd"});
   const auto dw = expand_workloads(dec, {});
-  REQUIRE(dw.size() == 3 * 2);
+  REQUIRE(dw.size() == 3 * 3);
   CHECK(dw[0].kind == "decode");
   CHECK(dw[0].batch == 1);
   CHECK(dw[0].seqlen == 131072);
-  CHECK(dw[1].page_size == 256);
+  CHECK(dw[0].page_size == 0);
+  CHECK(dw[2].page_size == 256);
   WorkloadFilter f;
   f.max_seqlen = 16384;
-  CHECK(expand_workloads(dec, f).size() == 2 * 2);
+  CHECK(expand_workloads(dec, f).size() == 2 * 3);
   f.modes = {"bwd"};
   CHECK(expand_workloads(dec, f).empty());
   CHECK(vl.workload == "varlen");
@@ -228,7 +229,7 @@ TEST_CASE("configs: schema 2 decode and varlen workloads", "[config]") {
   }
   CHECK(case_flops(vc) == Approx(sum));
   CHECK(case_flops(bench_case_of(vw[0], "bwd")) == Approx(2.5 * sum));
-  const BenchCase dc = bench_case_of(dw[4], "fwd");  // b64, cache 4096, page 16
+  const BenchCase dc = bench_case_of(dw[7], "fwd");  // b64, cache 4096, page 16
   CHECK(dc.batch == 64);
   CHECK(case_flops(dc) == Approx(4.0 * 64 * 32 * 128 * 4097));
   CHECK(case_bytes(dc) == Approx(2.0 * 64 * 4097 * 8 * 128 * 2));

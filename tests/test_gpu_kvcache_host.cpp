@@ -41,22 +41,33 @@ TEST_CASE("kv-cache blocks pack the query heads of a kv head into 16-row blocks"
   CHECK(kvcache_blocks(decode(1, 1000, 5)) == 16);    // 20 rows: two
 }
 
-TEST_CASE("kv-cache split heuristic fills the H100 with about two waves", "[gpu][kvcache]") {
+TEST_CASE("kv-cache split heuristic fills half a wave of the H100 with the fewest splits", "[gpu][kvcache]") {
   const DeviceInfo dev = h100();
-  // The decode workloads of configs/models/llama3-8b.json at one 64-key tile block per SM.
-  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 1) == 33);  // 264 blocks = 2 full waves
-  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 1) == 6);    // 384 blocks: 2.9 waves
-  CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 1) == 1);    // 512 blocks already
-  // More blocks per SM: more slots to fill, and a grid of one partial wave is split too.
-  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 2) == 66);
-  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 3) == 99);
-  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 3) == 17);   // 1088 blocks: 2.75 waves
-  CHECK(kvcache_num_splits(decode(64, 4096), dev, 64, 3) == 3);    // 512 = 1.3 waves: 3.9 split
+  // The decode workloads of configs/models/llama3-8b.json at the default tile (32 keys, 6 blocks
+  // per SM: 792 slots, half a wave = 396 blocks).
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 32, 6) == 50);  // 400 blocks (swept: best)
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 32, 6) == 7);    // 448 blocks
+  CHECK(kvcache_num_splits(decode(64, 4096), dev, 32, 6) == 1);    // 512 blocks already
+  // Fewer slots per SM: fewer splits.
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 1) == 9);   // 72 blocks >= 66
+  CHECK(kvcache_num_splits(decode(1, 131072), dev, 64, 3) == 25);  // 200 >= 198
+  CHECK(kvcache_num_splits(decode(8, 16384), dev, 64, 3) == 4);    // 256 >= 198
   // Every split keeps at least 4 key tiles: a short cache is split less (or not at all).
   CHECK(kvcache_num_splits(decode(1, 511), dev, 64, 1) == 2);
   CHECK(kvcache_num_splits(decode(1, 100), dev, 64, 1) == 1);
   // Never more than 128.
-  CHECK(kvcache_num_splits(decode(1, 1 << 24), dev, 64, 8) == 128);
+  DeviceInfo big = dev;
+  big.multiprocessors = 4096;
+  CHECK(kvcache_num_splits(decode(1, 1 << 24), big, 64, 8) == 128);
+}
+
+TEST_CASE("kv-cache splits keep the partial results' traffic small", "[gpu][kvcache]") {
+  // GQA 32/8 bf16: 8 bytes x 4 rows per split against 4 bytes per key: splits <= sk / 256.
+  CHECK(kvcache_max_splits_for_traffic(decode(1, 131072)) == 128);
+  CHECK(kvcache_max_splits_for_traffic(decode(64, 4096)) == 16);
+  CHECK(kvcache_max_splits_for_traffic(decode(1, 1023)) == 4);
+  // A short cache: at most sk / 256 splits even where more would fill the device.
+  CHECK(kvcache_num_splits(decode(1, 2047), h100(), 32, 6) == 8);
 }
 
 TEST_CASE("kv-cache split count given by the caller wins", "[gpu][kvcache]") {
@@ -69,13 +80,14 @@ TEST_CASE("kv-cache split count given by the caller wins", "[gpu][kvcache]") {
 
 TEST_CASE("kv-cache default tiles keep bytes in flight per head-dim bucket", "[gpu][kvcache]") {
   const KernelConfig c128 = kvcache_default_tile(128);
-  CHECK(c128.block_n == 64);
-  CHECK(c128.num_warps == 4);
+  CHECK(c128.block_n == 32);  // 6 blocks of 2 warps per SM (docs/PERF.md tile sweep)
+  CHECK(c128.num_warps == 2);
   CHECK(c128.stages >= 2);
   CHECK(c128.block_n % (16 * c128.num_warps) == 0);  // each warp takes whole k16 steps
   const KernelConfig c256 = kvcache_default_tile(256);
   CHECK(c256.block_n % (16 * c256.num_warps) == 0);
-  CHECK(kvcache_default_tile(40).block_n == c128.block_n);
+  CHECK(kvcache_default_tile(96).block_n == c128.block_n);
+  CHECK(kvcache_default_tile(40).block_n % (16 * kvcache_default_tile(40).num_warps) == 0);
 }
 
 TEST_CASE("kv-cache device error word becomes an Invalid status naming the index", "[gpu][kvcache]") {

@@ -59,12 +59,13 @@ inline long long kvcache_blocks(const AttnParams& p) {
 // Default kv-cache tile per head-dim bucket: block_n keys per pipeline stage (each of num_warps
 // warps takes block_n / num_warps of them), `stages` tiles in the cp.async ring. Decoding is
 // bound by the cache read, and on the H100 one warp's loop turns out latency-bound (a fixed
-// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is chosen
-// for warps (and bytes in flight) per SM: a small ring (2 stages of 64 x 128 bf16 K + V,
-// 68 KiB) lets 3 blocks = 12 warps share an SM.
+// time per tile whatever its size, docs/PERF.md "KV-cache decoding on the H100"), so the tile is
+// chosen for warps (and bytes in flight) per SM. d <= 128: 32 keys x 2 warps x 2 stages (36 KiB
+// at d 128) lets 6 blocks = 12 warps share an SM; it beat 64 x 4 x 2 (3 blocks of 4 warps) at
+// every paged-16 decode shape of the sweep there. d <= 64 keeps 64 x 4 x 2 (not measured).
 inline KernelConfig kvcache_default_tile(int head_dim) {
   KernelConfig c;
-  if (head_dim <= 128) {
+  if (head_dim <= 64) {
     c.block_n = 64;
     c.num_warps = 4;
     c.stages = 2;
@@ -76,31 +77,44 @@ inline KernelConfig kvcache_default_tile(int head_dim) {
   return c;
 }
 
+// Most splits whose fp32 partial results (written by the attention, read by the combine: 8 bytes
+// per split, row and channel) stay within kvcache_partial_share of the cache bytes the call
+// reads (2 x elem bytes per kv head, key and channel). Decoding GQA 32/8 in bf16 costs
+// 8 x splits / seqlen_k of the read: 0.6% at 99 splits of 131072 keys.
+constexpr double kKvcachePartialShare = 1. / 32;
+inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
+  const double elem = static_cast<double>(dtype_size(p.dtype));
+  const double per_split = 8. * p.seqlen_q * std::max(1, p.group());  // per kv head and channel
+  const double cache = 2. * elem * static_cast<double>(p.seqlen_k);
+  return static_cast<int>(std::clamp(kKvcachePartialShare * cache / std::max(1., per_split), 1., 128.));
+}
+
 // Splits of the key sequence (split-KV, combined through the LSE) for a kv-cache call:
-// p.num_splits when the caller set it (> 0); otherwise the smallest count whose grid of
-// `blocks_per_sm` blocks per SM gives at least two waves with >= 90% of the last wave busy
-// (one wave of blocks is as good when it is already >= 90% full; memory-bound blocks of a
-// partial last wave leave bandwidth unused), each split keeping at least kMinTiles key tiles
-// of `block_n` (capacity p.seqlen_k: the actual lengths live on the device); 128 at most
-// (upstream's limit). When no count qualifies, the one with the fullest last wave.
+// p.num_splits when the caller set it (> 0); otherwise the fewest whose grid reaches
+// kKvcacheWaveFill of one wave of the tile's blocks (`blocks_per_sm` per SM), 1 when the unsplit
+// grid already does. Each split keeps at least kMinTiles key tiles of `block_n` (capacity
+// p.seqlen_k: the actual lengths live on the device), the partial results' traffic stays within
+// kKvcachePartialShare of the cache read, 128 at most (upstream's limit).
+//
+// Half a wave, from the H100 sweep (docs/PERF.md "KV-cache decoding, round 2"): at every decode
+// shape the fewest splits measured was the fastest (32 x 2 x 2 tile, 792 slots: batch 1 x 131072
+// 50 < 99 < 128 splits, batch 8 x 16384 12 < 24 < 34 < 48, batch 64 x 4096 3 < 6 < 12): longer
+// splits amortise each block's prologue, merge and partial write, and fewer splits cost the
+// combine less; 3 blocks of 2 warps per SM already keep the cache read going. The first rule
+// (>= 2 full waves) picked 99, 34 and 6 there; this one picks 50 (measured), 7 and 1 (not yet).
+constexpr double kKvcacheWaveFill = 0.5;
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
   if (p.num_splits > 0) return std::min(p.num_splits, 128);
   constexpr int kMinTiles = 4;
   const long long base = kvcache_blocks(p);
   if (base <= 0) return 1;
-  const double slots = static_cast<double>(std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm));
+  const double target = kKvcacheWaveFill * std::max(1, dev.multiprocessors) * std::max(1, blocks_per_sm);
   const long long tiles = (static_cast<long long>(p.seqlen_k) + block_n - 1) / std::max(1, block_n);
-  const int max_n = static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128));
-  auto waves = [&](int n) { return static_cast<double>(base) * n / slots; };
-  auto eff = [&](int n) { return waves(n) / std::ceil(waves(n)); };  // < 1 wave: the busy share
-  if (waves(1) >= 1. && eff(1) >= 0.9) return 1;
-  int best = 1;
-  for (int n = 1; n <= max_n; ++n) {
-    if (waves(n) >= 2. && eff(n) >= 0.9) return n;
-    if (eff(n) > eff(best) + 1e-9) best = n;
-  }
-  return best;
+  const int max_n = std::min(kvcache_max_splits_for_traffic(p),
+                             static_cast<int>(std::clamp<long long>(tiles / kMinTiles, 1, 128)));
+  const long long want = static_cast<long long>(std::ceil(target / static_cast<double>(base)));
+  return static_cast<int>(std::clamp<long long>(want, 1, max_n));
 }
 
 }  // namespace flashplus::gpu

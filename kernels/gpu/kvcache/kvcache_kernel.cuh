@@ -37,7 +37,7 @@ namespace flashplus::gpu::kv {
 // the instantiation all read these lists.
 #define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 2) X(64, 64, 4, 4) X(64, 128, 4, 2)
 #define FLASHPLUS_KV_TILES_D128(X)                                                    \
-  X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) X(128, 32, 2, 2) X(128, 32, 2, 3) \
+  X(128, 32, 2, 2) X(128, 32, 2, 3) X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) \
   X(128, 128, 8, 2)
 #define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
 
@@ -273,50 +273,95 @@ __global__ void __launch_bounds__(NW * 32)
     }
   }
 
-  // One tile of K and V: thread (r0, ch) copies chunk ch of rows r0, r0 + kRpi, ... The
-  // per-row address math is most of the loop's instructions (and a block's warps are few), so
-  // it is kept to one add per row where the geometry allows: a contiguous cache row or a page
-  // that holds the whole tile is an arithmetic progression; only pages smaller than a tile
-  // look the block table up per row.
+  // One tile of K and V: thread (r0, ch) copies chunk ch of rows r0, r0 + kRpi, ... (kIt rows).
+  // The per-row address math is most of the loop's instructions (and a block's warps are few), so
+  // it is kept to adds where the geometry allows: a contiguous cache row or a page that holds the
+  // whole tile is an arithmetic progression. With a block table, the entries a tile needs (one
+  // per tile, or one per row for pages smaller than a tile) are read one tile ahead into
+  // registers (`nb`), so the table's L2 round trip is not in front of every tile's copies, and
+  // the rows' (page, slot) advance by adds: one division per tile, not two per row.
   constexpr int kCpr = D / 8;
   constexpr int kRpi = kThreads / kCpr;
+  constexpr int kIt = BN / kRpi;
   static_assert(kRpi >= 1 && BN % kRpi == 0, "tile rows must split evenly over the threads");
   const int r0 = tid / kCpr, ch = tid % kCpr;
   const bool ch_ok = ch < dchunks;
   const int64_t krow = p.k_stride.row, vrow = p.v_stride.row;
+  const int64_t kbs = p.k_stride.batch, vbs = p.v_stride.batch;
   // Contiguous cache: element offsets of key 0 (cache row of b, position leftpad).
   int64_t k0 = 0, v0 = 0;
   if (!p.block_table && !bad) cache_slot(p, b, lp, &k0, &v0);
-  const bool page_holds_tile = p.block_table && p.page_block_size % BN == 0;
+  const bool paged = p.block_table != nullptr;  // leftpad is 0 with a block table (params.cpp)
+  const bool page_holds_tile = paged && p.page_block_size % BN == 0;
+  const int page = paged ? p.page_block_size : 1;
+  const int* bt = paged ? p.block_table + static_cast<int64_t>(b) * p.block_table_batch_stride
+                        : nullptr;
+  const int step_q = kRpi / page, step_w = kRpi % page;  // one row step in (page, slot)
+  // Block-table entries of the next tile to load: [0] = the tile's page (page_holds_tile), else
+  // one per row; -1 for rows at or beyond sk (never read: the table has no entry there).
+  int nb[kIt];
+#pragma unroll
+  for (int it = 0; it < kIt; ++it) nb[it] = -1;
+  auto fetch_table = [&](int n) {
+    if (page_holds_tile) {
+      nb[0] = n * BN < sk ? bt[n * BN / page] : -1;
+    } else if (paged) {
+      const int j0 = n * BN + r0;
+      int q = j0 / page, w = j0 % page;
+#pragma unroll
+      for (int it = 0; it < kIt; ++it) {
+        nb[it] = j0 + it * kRpi < sk ? bt[q] : -1;
+        q += step_q;
+        w += step_w;
+        if (w >= page) {
+          w -= page;
+          ++q;
+        }
+      }
+    }
+  };
   auto load_tile = [&](int n, int stage) {
     const uint32_t sk_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
     const uint32_t sv_base = sk_base + TileKV::kBytes;
     const int jt = n * BN + r0;  // key of this thread's first row
     int64_t ko = 0, vo = 0;      // offsets of that row (contiguous / whole-tile page)
     bool tile_ok = true;
-    if (!p.block_table) {
+    int w = 0;                   // slot of the row in its page (pages smaller than a tile)
+    if (!paged) {
       ko = k0 + jt * krow;
       vo = v0 + jt * vrow;
     } else if (page_holds_tile) {
-      tile_ok = cache_slot(p, b, n * BN, &ko, &vo);  // leftpad is 0 with a block table
-      ko += r0 * krow;
-      vo += r0 * vrow;
+      const int blk = nb[0], w0 = n * BN % page + r0;
+      tile_ok = blk >= 0 && blk < p.num_blocks;
+      ko = static_cast<int64_t>(blk) * kbs + static_cast<int64_t>(w0) * krow;
+      vo = static_cast<int64_t>(blk) * vbs + static_cast<int64_t>(w0) * vrow;
+    } else {
+      w = jt % page;
     }
 #pragma unroll
-    for (int it = 0; it < BN / kRpi; ++it) {
+    for (int it = 0; it < kIt; ++it) {
       const int r = r0 + it * kRpi, j = jt + it * kRpi;
       bool ok = j < sk && tile_ok;
       int64_t kr = ko + static_cast<int64_t>(it) * kRpi * krow;
       int64_t vr = vo + static_cast<int64_t>(it) * kRpi * vrow;
-      if (ok && p.block_table && !page_holds_tile) ok = cache_slot(p, b, j, &kr, &vr);
+      if (paged && !page_holds_tile) {
+        const int blk = nb[it];
+        ok = ok && blk >= 0 && blk < p.num_blocks;
+        kr = static_cast<int64_t>(blk) * kbs + static_cast<int64_t>(w) * krow;
+        vr = static_cast<int64_t>(blk) * vbs + static_cast<int64_t>(w) * vrow;
+        w += step_w;
+        if (w >= page) w -= page;
+      }
       if (j < sk && !ok) bad |= kKvErrBlockTable;
       ok = ok && ch_ok;
       const uint32_t o = 2 * TileKV::offset(r, ch * 8);
       prim::cp_async_16(sk_base + o, ok ? kbase + kr + ch * 8 : kbase, ok);
       prim::cp_async_16(sv_base + o, ok ? vbase + vr + ch * 8 : vbase, ok);
     }
+    if (n + 1 < t_end) fetch_table(n + 1);  // the next tile's entries, consumed one tile later
   };
 
+  if (t_begin < t_end) fetch_table(t_begin);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (t_begin + s < t_end) load_tile(t_begin + s, s);
@@ -497,50 +542,97 @@ __global__ void __launch_bounds__(NW * 32)
 }
 
 // ---- 3. combine the splits ---------------------------------------------------------------------
-// One warp per (b, h, i) row: lse = log sum_s exp(lse_s), out = sum_s exp(lse_s - lse) O_s; a row
-// no split saw a key of gets out = 0, lse = +inf.
+// One block of kCombineThreads per (b, h, i) row: lse = log sum_s exp(lse_s), out = sum_s
+// exp(lse_s - lse) O_s; a row no split saw a key of gets out = 0, lse = +inf. The splits are
+// spread over the block (the first version walked them serially in one warp: one dependent L2
+// round trip per split, ~87 us at 99 splits): thread s reads lse_s (nsplit <= 128), the block
+// reduces max and sum, then thread (group, chunk) sums splits group, group + groups, ... of
+// 4-channel chunk `chunk` four splits at a time (16-byte loads, four in flight), and the groups'
+// partial sums meet in shared memory.
+constexpr int kCombineThreads = 128;
+constexpr int kMaxSplits = 128;
+
 template <typename T>
-__global__ void __launch_bounds__(128) kv_combine_kernel(const AttnParams p, const KvArgs a) {
-  const int lane = threadIdx.x % 32;
+__global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnParams p, const KvArgs a) {
+  static_assert(kMaxSplits <= kCombineThreads, "one thread per split's lse");
+  constexpr int kWarps = kCombineThreads / 32;
+  __shared__ float s_w[kMaxSplits];            // exp(lse_s - lse) per split
+  __shared__ float s_max[kWarps], s_sum[kWarps];
+  __shared__ float4 s_part[kCombineThreads];   // per (group, chunk) partial O
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
-  const int64_t rid = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
-  if (rid >= rows) return;
+  const int64_t rid = blockIdx.x;
   const int i = static_cast<int>(rid % p.seqlen_q);
   const int h = static_cast<int>((rid / p.seqlen_q) % p.nheads);
   const int b = static_cast<int>(rid / (static_cast<int64_t>(p.seqlen_q) * p.nheads));
-  const int d = p.head_dim;
-  float m = -INFINITY;
-  for (int s = lane; s < a.nsplit; s += 32) m = fmaxf(m, a.lse_acc[s * rows + rid]);
+  const int d = p.head_dim, ns = a.nsplit;
+
+  const float ls = tid < ns ? a.lse_acc[tid * rows + rid] : -INFINITY;
+  float m = ls;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  float lse = INFINITY;
-  if (m != -INFINITY) {
-    float sum = 0.f;
-    for (int s = lane; s < a.nsplit; s += 32) sum += expf(a.lse_acc[s * rows + rid] - m);
-    sum = prim::warp_sum(sum);
-    lse = m + logf(sum);
-  }
-  T* out = static_cast<T*>(p.out) + b * p.out_stride.batch +
-           static_cast<int64_t>(i) * p.out_stride.row + h * p.out_stride.head;
-  for (int c = lane * 4; c < d; c += 128) {
-    float o[4] = {0.f, 0.f, 0.f, 0.f};
-    if (m != -INFINITY)
-      for (int s = 0; s < a.nsplit; ++s) {
-        const float ls = a.lse_acc[s * rows + rid];
-        if (ls == -INFINITY) continue;
-        const float w = expf(ls - lse);
-        const float4 x = *reinterpret_cast<const float4*>(a.o_acc + (s * rows + rid) * d + c);
-        o[0] += w * x.x;
-        o[1] += w * x.y;
-        o[2] += w * x.z;
-        o[3] += w * x.w;
+  if (lane == 0) s_max[warp] = m;
+  __syncthreads();
+  m = s_max[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) m = fmaxf(m, s_max[w]);
+  const float e = m == -INFINITY ? 0.f : expf(ls - m);  // ls = -inf (saw nothing): 0
+  const float wsum = prim::warp_sum(e);
+  if (lane == 0) s_sum[warp] = wsum;
+  __syncthreads();
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum += s_sum[w];
+  const float lse = m == -INFINITY ? INFINITY : m + logf(sum);
+  if (tid < ns) s_w[tid] = m == -INFINITY ? 0.f : expf(ls - lse);
+  __syncthreads();
+
+  // head_dim is a multiple of 8 up to 256: 2..64 chunks of 4 channels, >= 2 groups.
+  const int nchunk = d / 4, groups = kCombineThreads / nchunk;
+  const int chunk = tid % nchunk, grp = tid / nchunk;
+  float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (grp < groups && m != -INFINITY) {
+    const float* base = a.o_acc + rid * d + chunk * 4;
+    const int64_t sstride = rows * d;
+    for (int s = grp; s < ns; s += 4 * groups) {
+      float4 x[4];
+      float w[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int su = s + u * groups;
+        // Every split writes every row of its blocks (O = 0 where it saw nothing), so the
+        // weight-0 pieces are finite; the guard only keeps reads inside the workspace.
+        x[u] = su < ns ? __ldcg(reinterpret_cast<const float4*>(base + su * sstride))
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        w[u] = su < ns ? s_w[su] : 0.f;
       }
-    uint2 v;
-    v.x = prim::Elem<T>::pack(o[0], o[1]);
-    v.y = prim::Elem<T>::pack(o[2], o[3]);
-    *reinterpret_cast<uint2*>(out + c) = v;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        o.x = fmaf(w[u], x[u].x, o.x);
+        o.y = fmaf(w[u], x[u].y, o.y);
+        o.z = fmaf(w[u], x[u].z, o.z);
+        o.w = fmaf(w[u], x[u].w, o.w);
+      }
+    }
   }
-  if (lane == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
+  s_part[tid] = o;
+  __syncthreads();
+  if (tid < nchunk) {
+    for (int g2 = 1; g2 < groups; ++g2) {
+      const float4 x = s_part[g2 * nchunk + tid];
+      o.x += x.x;
+      o.y += x.y;
+      o.z += x.z;
+      o.w += x.w;
+    }
+    T* out = static_cast<T*>(p.out) + b * p.out_stride.batch +
+             static_cast<int64_t>(i) * p.out_stride.row + h * p.out_stride.head + tid * 4;
+    uint2 v;
+    v.x = prim::Elem<T>::pack(o.x, o.y);
+    v.y = prim::Elem<T>::pack(o.z, o.w);
+    *reinterpret_cast<uint2*>(out) = v;
+  }
+  if (tid == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
 }
 
 // ---- host: launch one tile ----------------------------------------------------------------------
@@ -649,7 +741,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                               " for head-dim bucket " + std::to_string(D));
   int blocks_per_sm = 1;
   FLASHPLUS_RETURN_IF_ERROR(prep(&blocks_per_sm));
-  const int nsplit = std::min(128, std::max(1, p.num_splits > 0   ? p.num_splits
+  const int nsplit = std::min(kMaxSplits, std::max(1, p.num_splits > 0   ? p.num_splits
                                                : cfg.num_splits > 0 ? cfg.num_splits
                                                                     : kvcache_num_splits(p, dev, ran.block_n, blocks_per_sm)));
   ran.num_splits = nsplit;
@@ -696,7 +788,8 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     }
     FLASHPLUS_RETURN_IF_ERROR(launch(p, a, stream));
     if (nsplit > 1) {
-      kv_combine_kernel<T><<<static_cast<unsigned>((rows + 3) / 4), 128, 0, stream>>>(p, a);
+      if (rows > 0x7fffffffLL) return Status::Unsupported("kvcache: combine grid too large");
+      kv_combine_kernel<T><<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p, a);
       FLASHPLUS_GPU_CHECK_LAUNCH("kv_combine_kernel");
     }
     return Status::Ok();
