@@ -259,10 +259,13 @@ Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& de
       {"cache_leftpad", p.cache_leftpad}, {"block_table", p.block_table},
       {"rotary_cos", p.rotary_cos}, {"rotary_sin", p.rotary_sin}};
   for (const auto& t : tensors) FLASHPLUS_RETURN_IF_ERROR(check_pointer(t.first, t.second));
-  Status sup = kvcache_supports(p);
-  // TODO(kvcache-fallback): route these calls (fp32, head_dim not a multiple of 8 or > 256) to the
-  // portable fallback once it reads through the kv-cache geometry.
-  if (!sup.ok()) return sup;
+  // What the tensor-core family does not take (fp32, head_dim not a multiple of 8, unaligned
+  // rows, HIP), and FLASHPLUS_GPU_FALLBACK=1, run the portable path.
+  if (force_fallback() || !kvcache_supports(p).ok()) {
+    t_last = KernelConfig{};
+    t_has_last = true;
+    return finish("fwd_kvcache (fallback)", run_kvcache_fallback(p, opts.stream));
+  }
   const KernelConfig cfg = opts.config_override ? *opts.config_override : kvcache_env_config();
   KernelConfig used;
   Status st = run_kvcache(p, cfg, dev.info, opts.stream, kvcache_check(), &used);
@@ -500,8 +503,7 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       gpu::devices,        gpu::alloc,           gpu::free_mem,      gpu::copy_h2d,
       gpu::copy_d2h,       gpu::synchronize,     gpu::timer_create,  gpu::timer_destroy,
       gpu::timer_start,    gpu::timer_stop_ms,
-      /*features=*/detail::kFeatureVarlen | detail::kFeatureDropout |
-          (FLASHPLUS_VENDOR_HIP ? 0u : detail::kFeatureKvcache),
+      /*features=*/detail::kFeatureVarlen | detail::kFeatureDropout | detail::kFeatureKvcache,
       /*measure_copy_gbs=*/gpu::measure_copy_gbs,
 #if FLASHPLUS_VENDOR_HIP
       /*measure_matmul_tflops=*/nullptr,  // no rocBLAS loader yet

@@ -58,6 +58,11 @@ Status kvcache_supports(const AttnParams& p);
 Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
                    void* stream, bool check, KernelConfig* used);
 
+// The portable path (kernels/gpu/fallback/kvcache.cu): the same index check (error word read
+// back before anything is written), append, q rotary, then run_fwd_fallback. For the calls the
+// tensor-core family does not take (fp32, head_dim not a multiple of 8, unaligned rows, HIP).
+Status run_kvcache_fallback(const AttnParams& p, void* stream);
+
 // The compiled tiles for `head_dim` (block_n, num_warps, stages), the bucket's default first.
 std::vector<KernelConfig> kvcache_configs(int head_dim);
 
