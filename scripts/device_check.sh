@@ -6,6 +6,8 @@
 #     && cp /lib/x86_64-linux-gnu/libfmt.so.9 .device/lib/ && cp ../shared/tools/peer_bench.py .device/
 #   (device) bash scripts/device_check.sh          # writes logs and JSON under $OUT
 # Steps (STEPS env, default all): info verify sanitize bench peers gpusuite autotune tunedgain
+#   plus, not in the default: kvfallback (kv cases through the portable path), kvsuite, varlensuite,
+#   decode (our decode bench + the peers' decode rows), varlen (varlen vs dense bench)
 set -uo pipefail
 OUT=${OUT:-/tmp/flashplus-device}
 mkdir -p "$OUT"
@@ -69,5 +71,37 @@ if has tunedgain; then
       --max-time 1 --json "$OUT/bench-$mode.json" > "$OUT/bench-$mode.log" 2>/dev/null
     echo "rc=$?"; tail -40 "$OUT/bench-$mode.log"
   done
+fi
+if has kvfallback; then
+  step "verify ci.json kv-cache cases through the portable path (FLASHPLUS_GPU_FALLBACK=1)"
+  FLASHPLUS_GPU_FALLBACK=1 timeout 120 $FP verify --backend cuda --suite $CFG/suites/ci.json \
+    --filter kvcache > "$OUT/verify-kvfallback.log" 2>&1
+  echo "rc=$?"; tail -1 "$OUT/verify-kvfallback.log"; grep -E "FAIL" "$OUT/verify-kvfallback.log" | head -5
+fi
+if has kvsuite; then
+  step "verify gpu_kvcache.json on cuda"
+  timeout ${KVSUITE_TIMEOUT:-120} $FP verify --backend cuda --suite $CFG/suites/gpu_kvcache.json \
+    > "$OUT/verify-kv.log" 2>&1
+  echo "rc=$?"; tail -1 "$OUT/verify-kv.log"; grep -E "FAIL" "$OUT/verify-kv.log" | head -5
+fi
+if has varlensuite; then
+  step "verify gpu_varlen.json on cuda"
+  timeout ${VARLENSUITE_TIMEOUT:-150} $FP verify --backend cuda --suite $CFG/suites/gpu_varlen.json \
+    > "$OUT/verify-varlen.log" 2>&1
+  echo "rc=$?"; tail -1 "$OUT/verify-varlen.log"; grep -E "FAIL" "$OUT/verify-varlen.log" | head -5
+fi
+if has decode; then
+  step "bench llama3-8b decode (ours), then the peers' decode rows (same run)"
+  timeout 120 $FP bench --config $CFG/models/llama3-8b.json --workload decode --backend cuda \
+    --min-time 0.3 --max-time 0.6 --json "$OUT/bench-decode.json" > "$OUT/bench-decode.log" 2>/dev/null
+  echo "rc=$?"; tail -9 "$OUT/bench-decode.log"
+  DECODE=1 ONLY=sdpa MODES=fwd SEQS=1024 DIMS=128 OUT=$OUT timeout 100 python3 .device/peer_bench.py \
+    2>&1 | grep -E "^decode|PEAK" | tee "$OUT/peers-decode.log"
+fi
+if has varlen; then
+  step "bench varlen vs dense on the same tokens"
+  timeout 150 $FP bench --config $CFG/models/llama3-8b-varlen.json --backend cuda --min-time 0.2 \
+    --max-time 1 --json "$OUT/bench-varlen.json" > "$OUT/bench-varlen.log" 2>/dev/null
+  echo "rc=$?"; tail -20 "$OUT/bench-varlen.log"
 fi
 step done
