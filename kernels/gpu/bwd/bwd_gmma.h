@@ -66,6 +66,51 @@ FP_DEV void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+// Bulk (TMA-unit) reduction of `bytes` (multiple of 16, both addresses 16-byte aligned) of fp32
+// from shared into global memory: dst[i] += src[i], asynchronous to the issuing thread.
+FP_DEV void bulk_reduce_add_f32(float* dst, uint32_t src_smem, int bytes) {
+#if FLASHPLUS_HAS_WGMMA
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(src_smem), "r"(bytes)
+               : "memory");
+#endif
+}
+FP_DEV void bulk_commit() {
+#if FLASHPLUS_HAS_WGMMA
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// The shared-memory sources of this thread's committed bulk operations may be overwritten.
+FP_DEV void bulk_wait_read() {
+#if FLASHPLUS_HAS_WGMMA
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+// This thread's committed bulk operations are complete (written to global memory).
+FP_DEV void bulk_wait() {
+#if FLASHPLUS_HAS_WGMMA
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+// 4-byte asynchronous copy global -> shared (zero-filled when !pred).
+FP_DEV void cp_async_4(uint32_t smem_addr, const void* gmem, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(pred ? 4 : 0));
+}
+// Four 8x8 16-bit matrices from mma C-layout fragments to shared memory; lane l gives the
+// address of row l % 8 of matrix l / 8.
+FP_DEV void stmatrix_x4(uint32_t smem_addr, const uint32_t (&r)[4]) {
+#if FLASHPLUS_HAS_WGMMA
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
+}
+// Barrier over `threads` threads (a multiple of 32) on hardware barrier `id` (0 is __syncthreads).
+FP_DEV void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Keeps the compiler from moving accesses of an accumulator across wgmma issue/wait.
 template <int N>
 FP_DEV void gmma_reg_fence(float (&d)[N][4]) {

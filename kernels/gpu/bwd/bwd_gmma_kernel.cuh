@@ -17,6 +17,8 @@
 //     warpgroup wg takes query rows [64wg, +64) when BM = 128, head-dim columns [64wg, +64)
 //     when BM = 64; then red.global.add.v2.f32 into the fp32 accumulator.
 #pragma once
+#include <type_traits>
+
 #include "gpu/bwd/bwd_gmma.h"
 
 namespace flashplus::gpu::tc {
@@ -38,8 +40,11 @@ struct BwdGmmaTraits {
   using TileDS = GmmaTile<BN, BM>;  // dS^T: row = key, col = query
   static constexpr bool kDqSplitRows = BM == 128;  // dQ split over warpgroups by rows, else cols
   static constexpr int kDQN = kDqSplitRows ? D : D / 2;
-  static constexpr int kSmemBytes =
-      1024 + 2 * TileKV::kBytes + 4 * TileQ::kBytes + TileDS::kBytes + 4 * BM * 4;
+  // fp32 dQ staging for the bulk reductions: BM rows of D floats, rows padded by 8 floats so that
+  // the float2 stores of a half-warp (4 rows x 4 column pairs) hit 32 different banks.
+  static constexpr int kDqStride = D + 8;
+  static constexpr int kSmemBytes = 1024 + 2 * TileKV::kBytes + 4 * TileQ::kBytes +
+                                    TileDS::kBytes + BM * kDqStride * 4 + 4 * BM * 4;
   static_assert(BN == 128 && NW == 8, "two warpgroups of 64 keys");
   static_assert(BM == 64 || BM == 128, "wgmma n = BM");
   static_assert(D == 64 || D == 128, "wgmma n = D");
@@ -64,10 +69,14 @@ __global__ void __launch_bounds__(NW * 32, 1)
   T* sQ = sV + TileKV::kElems;      // [2][BM][D]
   T* sdO = sQ + 2 * TileQ::kElems;  // [2][BM][D]
   T* sdS = sdO + 2 * TileQ::kElems;
-  float* sLse = reinterpret_cast<float*>(sdS + TileDS::kElems);  // [2][BM], lse * log2(e)
+  float* sdQ = reinterpret_cast<float*>(sdS + TileDS::kElems);  // [BM][kDqStride]
+  float* sLse = sdQ + BM * Tr::kDqStride;                        // [2][BM] (natural log)
   float* sDs = sLse + 2 * BM;                                    // [2][BM]
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // Warp and warpgroup index through a shuffle, so the compiler knows they are warp-uniform and
+  // keeps the descriptor arithmetic in uniform registers.
+  const int warp = __shfl_sync(0xffffffffu, tid / 32, 0);
   const int wg = warp / 4, wi = warp % 4;
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = p.group();
@@ -116,10 +125,17 @@ __global__ void __launch_bounds__(NW * 32, 1)
                                             dchunks, qg, tid);
     load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
                                             rows_q, dchunks, dog, tid);
+    // lse and Dsum through cp.async as well (a plain load would stall the thread here); rows
+    // past seqlen_q read as 0 and are zeroed explicitly on the general path of the loop.
     const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
-    for (int r = tid; r < BM; r += kThreads) {
-      sLse[buf * BM + r] = r < rows_q ? p.softmax_lse[row0 + r] * prim::kLog2e : INFINITY;
-      sDs[buf * BM + r] = r < rows_q ? dsum[row0 + r] : 0.f;
+    static_assert(2 * BM <= kThreads, "one thread per lse / Dsum value");
+    if (tid < BM) {
+      const bool ok = tid < rows_q;
+      cp_async_4(prim::smem_u32(sLse + buf * BM + tid), p.softmax_lse + (ok ? row0 + tid : 0), ok);
+    } else if (tid < 2 * BM) {
+      const int r = tid - BM;
+      const bool ok = r < rows_q;
+      cp_async_4(prim::smem_u32(sDs + buf * BM + r), dsum + (ok ? row0 + r : 0), ok);
     }
   };
   load_q_block(0, 0);
@@ -140,44 +156,62 @@ __global__ void __launch_bounds__(NW * 32, 1)
   // dQ product of this warpgroup: query rows [q_off, +64), head-dim columns [d_off, +64).
   const int dq_row0 = Tr::kDqSplitRows ? 64 * wg : 0;
   const int dq_col0 = Tr::kDqSplitRows ? 0 : 64 * wg;
+  // Base descriptors; a k-step adds a compile-time byte offset / 16 to the low word.
+  const uint64_t dK_kmaj = gmma_desc(sK_base + kv_wg, 16, 1024);
+  const uint64_t dV_kmaj = gmma_desc(sV_base + kv_wg, 16, 1024);
+  const uint64_t dQ_kmaj[2] = {gmma_desc(prim::smem_u32(sQ), 16, 1024),
+                               gmma_desc(prim::smem_u32(sQ + TileQ::kElems), 16, 1024)};
+  const uint64_t ddO_kmaj[2] = {gmma_desc(prim::smem_u32(sdO), 16, 1024),
+                                gmma_desc(prim::smem_u32(sdO + TileQ::kElems), 16, 1024)};
+  const uint64_t dQ_mn[2] = {gmma_desc(prim::smem_u32(sQ), TileQ::kBlockBytes, 1024),
+                             gmma_desc(prim::smem_u32(sQ + TileQ::kElems), TileQ::kBlockBytes, 1024)};
+  const uint64_t ddO_mn[2] = {
+      gmma_desc(prim::smem_u32(sdO), TileQ::kBlockBytes, 1024),
+      gmma_desc(prim::smem_u32(sdO + TileQ::kElems), TileQ::kBlockBytes, 1024)};
+  const uint64_t ddS_mn =
+      gmma_desc(sdS_base + (dq_row0 / 64) * TileDS::kBlockBytes, TileDS::kBlockBytes, 1024);
+  const uint64_t dK_mn =
+      gmma_desc(sK_base + (dq_col0 / 64) * TileKV::kBlockBytes, TileKV::kBlockBytes, 1024);
+  const int wtid = tid % 128;  // thread inside the warpgroup
   const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
 
   for (int it = 0; it < n_iters; ++it) {
     const int buf = it & 1;
     const int hq = hk * G + it / m_count;
     const int m0 = (m_first + it % m_count) * BM;
+    if (wtid < 64) bulk_wait_read();  // sdQ of the last iteration read by the bulk reductions
     prim::cp_async_wait<0>();
     fence_proxy_async();  // this thread's cp.async writes -> visible to wgmma after the barrier
     __syncthreads();
-    if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
-    prim::cp_async_commit();
-    const uint32_t sQ_base = prim::smem_u32(sQ + buf * TileQ::kElems);
-    const uint32_t sdO_base = prim::smem_u32(sdO + buf * TileQ::kElems);
+    const uint64_t dq_k = buf ? dQ_kmaj[1] : dQ_kmaj[0], ddo_k = buf ? ddO_kmaj[1] : ddO_kmaj[0];
+    const uint64_t dq_m = buf ? dQ_mn[1] : dQ_mn[0], ddo_m = buf ? ddO_mn[1] : ddO_mn[0];
 
     // ---- S^T = K Q^T and dP^T = V dO^T (two groups in flight) ----
     float s[kQT][4], dp[kQT][4];
     gmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t okv = (kk / 4) * TileKV::kBlockBytes + kv_wg + (kk % 4) * 32;
-      const uint32_t oq = (kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32;
-      gmma_ss<T, 0, 0, BM>(s, gmma_desc(sK_base + okv, 16, 1024), gmma_desc(sQ_base + oq, 16, 1024),
-                           kk > 0);
+      const uint32_t okv = ((kk / 4) * TileKV::kBlockBytes + (kk % 4) * 32) >> 4;
+      const uint32_t oq = ((kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32) >> 4;
+      gmma_ss<T, 0, 0, BM>(s, dK_kmaj + okv, dq_k + oq, kk > 0);
     }
     gmma_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t okv = (kk / 4) * TileKV::kBlockBytes + kv_wg + (kk % 4) * 32;
-      const uint32_t oq = (kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32;
-      gmma_ss<T, 0, 0, BM>(dp, gmma_desc(sV_base + okv, 16, 1024),
-                           gmma_desc(sdO_base + oq, 16, 1024), kk > 0);
+      const uint32_t okv = ((kk / 4) * TileKV::kBlockBytes + (kk % 4) * 32) >> 4;
+      const uint32_t oq = ((kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32) >> 4;
+      gmma_ss<T, 0, 0, BM>(dp, dV_kmaj + okv, ddo_k + oq, kk > 0);
     }
     gmma_commit();
+    // Prefetch the next (head, query block) into the other buffer while the products run: its
+    // last readers (the products of iteration it-1) are complete behind the barrier above.
+    if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
+    prim::cp_async_commit();
     gmma_wait<1>();
     gmma_reg_fence(s);
 
     const int q_last = min(m0 + BM, p.seqlen_q) - 1;
-    bool full_tile = n0 + BN <= p.seqlen_k;
+    bool full_tile = n0 + BN <= p.seqlen_k && m0 + BM <= p.seqlen_q;
     if (p.has_window()) {
       int lo_a, hi_a, lo_b, hi_b;
       p.key_range(m0, &lo_a, &hi_a);
@@ -189,47 +223,56 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const float* ds_s = sDs + buf * BM;
     // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative.
     uint32_t pP[BM / 16][4], pS[BM / 16][4];
+    // Two compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
+    // the block visible to every query row) without a branch per element, and the general one.
+    auto scores_to_p = [&](auto fast_c) {
+      constexpr bool kFast = decltype(fast_c)::value;
 #pragma unroll
-    for (int nt = 0; nt < kQT; ++nt) {
-      float lse2[2];
-      int lo[2], hi[2];
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int ql = nt * 8 + 2 * t + c;
-        lse2[c] = lse_s[ql];
-        int l = 0, h = p.seqlen_k;
-        if (!full_tile) p.key_range(m0 + ql, &l, &h);
-        lo[c] = l;
-        hi[c] = h;
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int j = key_r0 + 8 * r;
-        float pv[2], pc[2];
+      for (int nt = 0; nt < kQT; ++nt) {
+        float lse2[2];
+        int lo[2], hi[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const int i = m0 + nt * 8 + 2 * t + c;
-          if (plain) {
-            pv[c] = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
-            pc[c] = pv[c];
-          } else {
-            float th;
-            const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
-            pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
-            pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
-          }
-          if (!full_tile && (j < lo[c] || j >= hi[c])) pv[c] = pc[c] = 0.f;
+          const int ql = nt * 8 + 2 * t + c;
+          lse2[c] = lse_s[ql] * prim::kLog2e;
+          int l = 0, h = p.seqlen_k;
+          if (!kFast && !full_tile) p.key_range(m0 + ql, &l, &h);
+          lo[c] = l;
+          hi[c] = h;
         }
-        pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
-        pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pc[0], pc[1]);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int j = key_r0 + 8 * r;
+          float pv[2], pc[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int i = m0 + nt * 8 + 2 * t + c;
+            if (kFast || plain) {
+              pv[c] = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
+              pc[c] = pv[c];
+            } else {
+              float th;
+              const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+              pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
+              pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
+            }
+            if (!kFast && !full_tile && (j < lo[c] || j >= hi[c] || i >= p.seqlen_q))
+              pv[c] = pc[c] = 0.f;
+          }
+          pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+          pS[nt / 2][(nt % 2) * 2 + r] = kFast ? pP[nt / 2][(nt % 2) * 2 + r]
+                                               : prim::Elem<T>::pack(pc[0], pc[1]);
+        }
       }
-    }
+    };
+    if (plain && full_tile) scores_to_p(std::true_type{});
+    else scores_to_p(std::false_type{});
 
     // ---- dV += P^T dO ----
     gmma_fence();
 #pragma unroll
     for (int kq = 0; kq < BM / 16; ++kq)
-      gmma_rs<T, 1, D>(acc_dv, pP[kq], gmma_desc(sdO_base + kq * 2048, TileQ::kBlockBytes, 1024), 1);
+      gmma_rs<T, 1, D>(acc_dv, pP[kq], ddo_m + kq * (2048 >> 4), 1);
     gmma_commit();
     gmma_wait<1>();  // dP^T done (dV may still run)
     gmma_reg_fence(dp);
@@ -253,7 +296,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
     gmma_fence();
 #pragma unroll
     for (int kq = 0; kq < BM / 16; ++kq)
-      gmma_rs<T, 1, D>(acc_dk, ads[kq], gmma_desc(sQ_base + kq * 2048, TileQ::kBlockBytes, 1024), 1);
+      gmma_rs<T, 1, D>(acc_dk, ads[kq], dq_m + kq * (2048 >> 4), 1);
     gmma_commit();
 
     if (dq_accum == nullptr) {  // deterministic mode: bwd_dq_kernel computes dQ
@@ -263,51 +306,49 @@ __global__ void __launch_bounds__(NW * 32, 1)
       continue;
     }
     // ---- dS^T -> shared memory (16-bit, as the products consume it) ----
+    // ads[kq][e] holds rows g (+8 for e odd) x queries kq*16 + 2t (+8 for e >= 2): the four 8x8
+    // matrices of one stmatrix.x4, lane l addressing row l % 8 of matrix l / 8.
 #pragma unroll
-    for (int kq = 0; kq < BM / 16; ++kq)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        // ads[kq][e]: rows g (+8 for e odd), queries kq*16 + 2t (+8 for e >= 2)
-        const int kr = warp * 16 + g + 8 * (e % 2), qc = kq * 16 + 2 * t + 8 * (e / 2);
-        *reinterpret_cast<uint32_t*>(sdS + TileDS::offset(kr, qc)) = ads[kq][e];
-      }
+    for (int kq = 0; kq < BM / 16; ++kq) {
+      const int kr = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), qc = kq * 16 + 8 * (lane / 16);
+      stmatrix_x4(sdS_base + 2 * TileDS::offset(kr, qc), ads[kq]);
+    }
     gmma_wait<0>();
     gmma_reg_fence(acc_dv);
     gmma_reg_fence(acc_dk);
     fence_proxy_async();
     __syncthreads();
 
-    // ---- dQ (64 x 64 per warpgroup) = dS K, then fp32 reductions ----
+    // ---- dQ (64 x 64 per warpgroup) = dS K -> fp32 staging -> bulk reductions into dq_accum ----
     float acc_dq[8][4];
     gmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t oa = (dq_row0 / 64) * TileDS::kBlockBytes + kk * 2048;
-      const uint32_t ob = (dq_col0 / 64) * TileKV::kBlockBytes + kk * 2048;
-      gmma_ss<T, 1, 1, 64>(acc_dq, gmma_desc(sdS_base + oa, TileDS::kBlockBytes, 1024),
-                           gmma_desc(sK_base + ob, TileKV::kBlockBytes, 1024), kk > 0);
-    }
+    for (int kk = 0; kk < BN / 16; ++kk)
+      gmma_ss<T, 1, 1, 64>(acc_dq, ddS_mn + kk * (2048 >> 4), dK_mn + kk * (2048 >> 4), kk > 0);
     gmma_commit();
     gmma_wait<0>();
     gmma_reg_fence(acc_dq);
-    float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q) * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int i = m0 + dq_row0 + wi * 16 + g + 8 * r;
-      if (i < p.seqlen_q) {
+      float* row = sdQ + (dq_row0 + wi * 16 + g + 8 * r) * Tr::kDqStride + dq_col0 + 2 * t;
 #pragma unroll
-        for (int dt = 0; dt < 8; ++dt) {
-          const int col = dq_col0 + dt * 8 + 2 * t;
-          if (col < p.head_dim) {
-            float* dst = dqa + static_cast<int64_t>(i) * D + col;
-            const float v0 = acc_dq[dt][2 * r] * p.softmax_scale;
-            const float v1 = acc_dq[dt][2 * r + 1] * p.softmax_scale;
-            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(v0), "f"(v1));
-          }
-        }
+      for (int dt = 0; dt < 8; ++dt)
+        *reinterpret_cast<float2*>(row + dt * 8) =
+            make_float2(acc_dq[dt][2 * r] * p.softmax_scale, acc_dq[dt][2 * r + 1] * p.softmax_scale);
+    }
+    fence_proxy_async();
+    named_barrier(1 + wg, 128);  // this warpgroup's 64 x 64 piece is staged
+    if (wtid < 64) {             // one 256-byte row segment per thread
+      const int rl = dq_row0 + wtid, i = m0 + rl;
+      if (i < p.seqlen_q) {
+        float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + i) * D;
+        bulk_reduce_add_f32(dqa + dq_col0, prim::smem_u32(sdQ + rl * Tr::kDqStride + dq_col0),
+                            64 * 4);
       }
+      bulk_commit();
     }
   }
+  if (wtid < 64) bulk_wait();
   prim::cp_async_wait<0>();
   __syncthreads();  // all products are done with sK/sV: reuse them to stage dK/dV
 
