@@ -44,7 +44,7 @@ struct BwdGmmaTraits {
   // the float2 stores of a half-warp (4 rows x 4 column pairs) hit 32 different banks.
   static constexpr int kDqStride = D + 8;
   static constexpr int kSmemBytes = 1024 + 2 * TileKV::kBytes + 4 * TileQ::kBytes +
-                                    TileDS::kBytes + BM * kDqStride * 4 + 4 * BM * 4;
+                                    2 * TileDS::kBytes + BM * kDqStride * 4 + 4 * BM * 4;
   static_assert(BN == 128 && NW == 8, "two warpgroups of 64 keys");
   static_assert(BM == 64 || BM == 128, "wgmma n = BM");
   static_assert(D == 64 || D == 128, "wgmma n = D");
@@ -52,7 +52,9 @@ struct BwdGmmaTraits {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the per-block limit");
 };
 
-template <typename T, int D, int BN, int BM, int NW>
+// kDet: deterministic mode (dq_accum == nullptr, dQ left to bwd_dq_kernel); a template
+// parameter so that the wgmma pipeline below has no data-dependent issue.
+template <typename T, int D, int BN, int BM, int NW, bool kDet>
 __global__ void __launch_bounds__(NW * 32, 1)
     bwd_gmma_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
 #if FLASHPLUS_HAS_WGMMA
@@ -68,8 +70,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
   T* sV = sK + TileKV::kElems;
   T* sQ = sV + TileKV::kElems;      // [2][BM][D]
   T* sdO = sQ + 2 * TileQ::kElems;  // [2][BM][D]
-  T* sdS = sdO + 2 * TileQ::kElems;
-  float* sdQ = reinterpret_cast<float*>(sdS + TileDS::kElems);  // [BM][kDqStride]
+  T* sdS = sdO + 2 * TileQ::kElems;                              // [2][BN][BM]
+  float* sdQ = reinterpret_cast<float*>(sdS + 2 * TileDS::kElems);  // [BM][kDqStride]
   float* sLse = sdQ + BM * Tr::kDqStride;                        // [2][BM] (natural log)
   float* sDs = sLse + 2 * BM;                                    // [2][BM]
 
@@ -168,26 +170,18 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const uint64_t ddO_mn[2] = {
       gmma_desc(prim::smem_u32(sdO), TileQ::kBlockBytes, 1024),
       gmma_desc(prim::smem_u32(sdO + TileQ::kElems), TileQ::kBlockBytes, 1024)};
-  const uint64_t ddS_mn =
-      gmma_desc(sdS_base + (dq_row0 / 64) * TileDS::kBlockBytes, TileDS::kBlockBytes, 1024);
+  const uint64_t ddS_mn[2] = {
+      gmma_desc(sdS_base + (dq_row0 / 64) * TileDS::kBlockBytes, TileDS::kBlockBytes, 1024),
+      gmma_desc(sdS_base + TileDS::kBytes + (dq_row0 / 64) * TileDS::kBlockBytes,
+                TileDS::kBlockBytes, 1024)};
   const uint64_t dK_mn =
       gmma_desc(sK_base + (dq_col0 / 64) * TileKV::kBlockBytes, TileKV::kBlockBytes, 1024);
   const int wtid = tid % 128;  // thread inside the warpgroup
   const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
 
-  for (int it = 0; it < n_iters; ++it) {
-    const int buf = it & 1;
-    const int hq = hk * G + it / m_count;
-    const int m0 = (m_first + it % m_count) * BM;
-    if (wtid < 64) bulk_wait_read();  // sdQ of the last iteration read by the bulk reductions
-    prim::cp_async_wait<0>();
-    fence_proxy_async();  // this thread's cp.async writes -> visible to wgmma after the barrier
-    __syncthreads();
-    const uint64_t dq_k = buf ? dQ_kmaj[1] : dQ_kmaj[0], ddo_k = buf ? ddO_kmaj[1] : ddO_kmaj[0];
-    const uint64_t dq_m = buf ? dQ_mn[1] : dQ_mn[0], ddo_m = buf ? ddO_mn[1] : ddO_mn[0];
-
-    // ---- S^T = K Q^T and dP^T = V dO^T (two groups in flight) ----
-    float s[kQT][4], dp[kQT][4];
+  // S^T (resp. dP^T) of the query block in buffer `qb`, one commit group each.
+  auto issue_s = [&](float (&s)[kQT][4], int qb) {
+    const uint64_t dq_k = qb ? dQ_kmaj[1] : dQ_kmaj[0];
     gmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -196,6 +190,10 @@ __global__ void __launch_bounds__(NW * 32, 1)
       gmma_ss<T, 0, 0, BM>(s, dK_kmaj + okv, dq_k + oq, kk > 0);
     }
     gmma_commit();
+  };
+  auto issue_dp = [&](float (&dp)[kQT][4], int qb) {
+    const uint64_t ddo_k = qb ? ddO_kmaj[1] : ddO_kmaj[0];
+    gmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t okv = ((kk / 4) * TileKV::kBlockBytes + (kk % 4) * 32) >> 4;
@@ -203,11 +201,70 @@ __global__ void __launch_bounds__(NW * 32, 1)
       gmma_ss<T, 0, 0, BM>(dp, dV_kmaj + okv, ddo_k + oq, kk > 0);
     }
     gmma_commit();
-    // Prefetch the next (head, query block) into the other buffer while the products run: its
-    // last readers (the products of iteration it-1) are complete behind the barrier above.
+  };
+
+  // dQ = dS K (64 x 64 per warpgroup) from dS^T buffer `db`; stage_dq: scale, stage in shared
+  // memory, bulk-reduce into dq_accum (rows of iteration itp).
+  auto issue_dq = [&](float (&acc)[8][4], int db) {
+    gmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      gmma_ss<T, 1, 1, 64>(acc, ddS_mn[db] + kk * (2048 >> 4), dK_mn + kk * (2048 >> 4), kk > 0);
+    gmma_commit();
+  };
+  auto stage_dq = [&](const float (&acc)[8][4], int itp) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float* row = sdQ + (dq_row0 + wi * 16 + g + 8 * r) * Tr::kDqStride + dq_col0 + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < 8; ++dt)
+        *reinterpret_cast<float2*>(row + dt * 8) =
+            make_float2(acc[dt][2 * r] * p.softmax_scale, acc[dt][2 * r + 1] * p.softmax_scale);
+    }
+    fence_proxy_async();
+    named_barrier(1 + wg, 128);  // this warpgroup's 64 x 64 piece is staged
+    if (wtid < 64) {             // one 256-byte row segment per thread
+      const int hq_p = hk * G + itp / m_count;
+      const int rl = dq_row0 + wtid, i = (m_first + itp % m_count) * BM + rl;
+      if (i < p.seqlen_q) {
+        float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq_p) * p.seqlen_q + i) * D;
+        bulk_reduce_add_f32(dqa + dq_col0, prim::smem_u32(sdQ + rl * Tr::kDqStride + dq_col0),
+                            64 * 4);
+      }
+      bulk_commit();
+    }
+  };
+
+  // Software pipeline over (head, query block) iterations, one block barrier each, at the end
+  // of iteration it: it publishes dS^T(it) (both warpgroups' keys) and Q/dO(it+1). Iteration it
+  // then starts dQ(it-1) and S^T(it) together, stages and bulk-reduces dQ(it-1) under S^T(it),
+  // and issues dP^T(it) last (needed only at dS). Every product is waited for inside its
+  // iteration, and none is issued conditionally (at it = 0 the dQ product runs on the unused
+  // dS^T buffer and is dropped), which keeps ptxas from serializing the pipeline.
+  // Buffers: Q/dO/lse/Dsum and dS^T are double-buffered by it % 2; whatever an iteration's
+  // products read is complete before that iteration's barrier.
+  prim::cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int buf = it & 1;
+    float acc_dq[8][4], s[kQT][4], dp[kQT][4];
+    if constexpr (!kDet) issue_dq(acc_dq, buf ^ 1);
+    issue_s(s, buf);
+    if constexpr (!kDet) {
+      gmma_wait<1>();
+      gmma_reg_fence(acc_dq);
+      if (it > 0) stage_dq(acc_dq, it - 1);
+    }
+    issue_dp(dp, buf);
     if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
     prim::cp_async_commit();
-    gmma_wait<1>();
+
+    const int hq = hk * G + it / m_count;
+    const int m0 = (m_first + it % m_count) * BM;
+    const uint64_t dq_m = buf ? dQ_mn[1] : dQ_mn[0], ddo_m = buf ? ddO_mn[1] : ddO_mn[0];
+    gmma_wait<1>();  // S^T(it) done; dP^T(it) may still run
     gmma_reg_fence(s);
 
     const int q_last = min(m0 + BM, p.seqlen_q) - 1;
@@ -299,56 +356,34 @@ __global__ void __launch_bounds__(NW * 32, 1)
       gmma_rs<T, 1, D>(acc_dk, ads[kq], dq_m + kq * (2048 >> 4), 1);
     gmma_commit();
 
-    if (dq_accum == nullptr) {  // deterministic mode: bwd_dq_kernel computes dQ
-      gmma_wait<0>();
-      gmma_reg_fence(acc_dv);
-      gmma_reg_fence(acc_dk);
-      continue;
-    }
-    // ---- dS^T -> shared memory (16-bit, as the products consume it) ----
-    // ads[kq][e] holds rows g (+8 for e odd) x queries kq*16 + 2t (+8 for e >= 2): the four 8x8
-    // matrices of one stmatrix.x4, lane l addressing row l % 8 of matrix l / 8.
+    if constexpr (!kDet) {
+      // ---- dS^T -> shared memory (16-bit, as the dQ product consumes it) ----
+      // ads[kq][e] holds rows g (+8 for e odd) x queries kq*16 + 2t (+8 for e >= 2): the four
+      // 8x8 matrices of one stmatrix.x4, lane l addressing row l % 8 of matrix l / 8.
 #pragma unroll
-    for (int kq = 0; kq < BM / 16; ++kq) {
-      const int kr = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), qc = kq * 16 + 8 * (lane / 16);
-      stmatrix_x4(sdS_base + 2 * TileDS::offset(kr, qc), ads[kq]);
+      for (int kq = 0; kq < BM / 16; ++kq) {
+        const int kr = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), qc = kq * 16 + 8 * (lane / 16);
+        stmatrix_x4(sdS_base + buf * TileDS::kBytes + 2 * TileDS::offset(kr, qc), ads[kq]);
+      }
     }
     gmma_wait<0>();
     gmma_reg_fence(acc_dv);
     gmma_reg_fence(acc_dk);
-    fence_proxy_async();
-    __syncthreads();
 
-    // ---- dQ (64 x 64 per warpgroup) = dS K -> fp32 staging -> bulk reductions into dq_accum ----
+    // ---- iteration boundary ----
+    if (!kDet && wtid < 64) bulk_wait_read();  // sdQ: the bulk reductions of it-1 have read it
+    prim::cp_async_wait<0>();                  // Q/dO/lse/Dsum(it+1) landed (this thread's part)
+    fence_proxy_async();                       // dS^T stores, cp.async data -> wgmma operands
+    __syncthreads();
+  }
+  if constexpr (!kDet) {
     float acc_dq[8][4];
-    gmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      gmma_ss<T, 1, 1, 64>(acc_dq, ddS_mn + kk * (2048 >> 4), dK_mn + kk * (2048 >> 4), kk > 0);
-    gmma_commit();
+    issue_dq(acc_dq, (n_iters - 1) & 1);
     gmma_wait<0>();
     gmma_reg_fence(acc_dq);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float* row = sdQ + (dq_row0 + wi * 16 + g + 8 * r) * Tr::kDqStride + dq_col0 + 2 * t;
-#pragma unroll
-      for (int dt = 0; dt < 8; ++dt)
-        *reinterpret_cast<float2*>(row + dt * 8) =
-            make_float2(acc_dq[dt][2 * r] * p.softmax_scale, acc_dq[dt][2 * r + 1] * p.softmax_scale);
-    }
-    fence_proxy_async();
-    named_barrier(1 + wg, 128);  // this warpgroup's 64 x 64 piece is staged
-    if (wtid < 64) {             // one 256-byte row segment per thread
-      const int rl = dq_row0 + wtid, i = m0 + rl;
-      if (i < p.seqlen_q) {
-        float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + i) * D;
-        bulk_reduce_add_f32(dqa + dq_col0, prim::smem_u32(sdQ + rl * Tr::kDqStride + dq_col0),
-                            64 * 4);
-      }
-      bulk_commit();
-    }
+    stage_dq(acc_dq, n_iters - 1);
+    if (wtid < 64) bulk_wait();
   }
-  if (wtid < 64) bulk_wait();
   prim::cp_async_wait<0>();
   __syncthreads();  // all products are done with sK/sV: reuse them to stage dK/dV
 

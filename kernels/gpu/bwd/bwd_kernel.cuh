@@ -715,8 +715,10 @@ Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
 template <typename T, int D, int BN, int BM, int NW>
 Status launch_bwd_gmma_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = BwdGmmaTraits<D, BN, BM, NW>;
-  return launch_bwd_main<T, D, BN>(p, stream, bwd_gmma_kernel<T, D, BN, BM, NW>, Tr::kThreads,
-                                   Tr::kSmemBytes);
+  return launch_bwd_main<T, D, BN>(p, stream,
+                                   p.deterministic ? bwd_gmma_kernel<T, D, BN, BM, NW, true>
+                                                   : bwd_gmma_kernel<T, D, BN, BM, NW, false>,
+                                   Tr::kThreads, Tr::kSmemBytes);
 }
 
 // Whether this translation unit's wgmma kernels exist in the image loaded for the current device
