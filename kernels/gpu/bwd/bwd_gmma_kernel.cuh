@@ -30,11 +30,6 @@ namespace flashplus::gpu::tc {
 #define FLASHPLUS_BWD_GMMA_TILES_D128(X) X(128, 128, 64, 8)
 #define FLASHPLUS_BWD_GMMA_TILES_D256(X)
 
-// Key-block-major launch order (see bwd_gmma_kernel); host and device use this one predicate.
-__host__ __device__ inline bool bwd_gmma_heavy_first(const AttnParams& p) {
-  return p.has_window();
-}
-
 template <int D, int BN, int BM, int NW>
 struct BwdGmmaTraits {
   static constexpr int kThreads = NW * 32;
@@ -85,14 +80,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
   // keeps the descriptor arithmetic in uniform registers.
   const int warp = __shfl_sync(0xffffffffu, tid / 32, 0);
   const int wg = warp / 4, wi = warp % 4;
-  // Grid (bwd_gmma_heavy_first): with a causal mask or window the key blocks differ in work, and
-  // the grid is (nheads_k * batch, key blocks), so that blocks launch key block by key block,
-  // the heaviest (key block 0 under a causal mask) first: less tail. Otherwise (key blocks,
-  // nheads_k, batch), which keeps the blocks of one head together (Q/dO reuse in L2).
-  const bool heavy_first = bwd_gmma_heavy_first(p);
-  const int n_block = heavy_first ? blockIdx.y : blockIdx.x;
-  const int hk = heavy_first ? blockIdx.x % p.nheads_k : blockIdx.y;
-  const int b = heavy_first ? blockIdx.x / p.nheads_k : blockIdx.z;
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = p.group();
   const int n0 = n_block * BN;
   const int rows_k = min(BN, p.seqlen_k - n0);

@@ -649,11 +649,10 @@ namespace flashplus::gpu::tc {
 
 // The three (four in deterministic mode) launches around one main kernel: `main_kernel` is
 // bwd_tc_kernel or bwd_gmma_kernel, BN keys per block, `threads` and `smem` bytes per block.
-// key_major: grid (nheads_k * batch, key blocks) instead of (key blocks, nheads_k, batch).
 template <typename T, int D, int BN>
 Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
                        void (*main_kernel)(const AttnParams, const float*, float*), int threads,
-                       int smem, bool key_major = false) {
+                       int smem) {
   using DT = DqTile<D>;
   constexpr int kDqSmem = 2 * (DT::BM + DT::BN) * D * 2;
   const bool det = p.deterministic;
@@ -681,9 +680,7 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
     cudaError_t e =
         cudaFuncSetAttribute(main_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess) {
-      const unsigned nb = static_cast<unsigned>((p.seqlen_k + BN - 1) / BN);
-      const dim3 grid = key_major ? dim3(static_cast<unsigned>(p.nheads_k * p.batch), nb, 1)
-                                  : dim3(nb, p.nheads_k, p.batch);
+      const dim3 grid((p.seqlen_k + BN - 1) / BN, p.nheads_k, p.batch);
       main_kernel<<<grid, threads, smem, stream>>>(p, dsum, dq_accum);
       e = cudaGetLastError();
     }
@@ -721,7 +718,7 @@ Status launch_bwd_gmma_tile(const AttnParams& p, gpuStream_t stream) {
   return launch_bwd_main<T, D, BN>(p, stream,
                                    p.deterministic ? bwd_gmma_kernel<T, D, BN, BM, NW, true>
                                                    : bwd_gmma_kernel<T, D, BN, BM, NW, false>,
-                                   Tr::kThreads, Tr::kSmemBytes, bwd_gmma_heavy_first(p));
+                                   Tr::kThreads, Tr::kSmemBytes);
 }
 
 // Whether this translation unit's wgmma kernels exist in the image loaded for the current device
