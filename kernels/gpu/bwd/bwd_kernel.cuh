@@ -722,8 +722,10 @@ Status launch_bwd_gmma_tile(const AttnParams& p, gpuStream_t stream) {
 }
 
 // Whether this translation unit's wgmma kernels exist in the image loaded for the current device
-// (an sm_90a pass built them and the device is sm_90). Read once per device.
-static bool bwd_gmma_usable() {
+// (an sm_90a pass built them and the device is sm_90). Read once per device, by a synchronous
+// copy: while `stream` is being captured into a graph that copy is not allowed, so such a call
+// answers no (mma.sync kernel) and leaves the question for the next call.
+static bool bwd_gmma_usable(gpuStream_t stream) {
   constexpr int kMaxDevices = 64;
   static int cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
   int dev = 0;
@@ -732,6 +734,12 @@ static bool bwd_gmma_usable() {
     // FLASHPLUS_BWD_NO_WGMMA=1 keeps the mma.sync kernel (A/B measurements, sm_80 behaviour).
     const char* off = std::getenv("FLASHPLUS_BWD_NO_WGMMA");
     if (off && off[0] == '1') return false;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (capture != cudaStreamCaptureStatusNone) return false;
     int flag = 0;
     const cudaError_t e = cudaMemcpyFromSymbol(&flag, bwd_gmma_compiled_flag, sizeof(int));
     if (e != cudaSuccess) (void)cudaGetLastError();
@@ -747,7 +755,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
   if (p.batch == 0 || p.nheads == 0 || p.seqlen_k == 0 || p.seqlen_q == 0)
     return Status::NoInstance("bwd_tc: empty problem (left to the fallback)");
   // KernelConfig for the backward: block_n = keys per block, block_m = queries per step.
-  if (bwd_gmma_usable()) {
+  if (bwd_gmma_usable(stream)) {
     bool gfirst = true;
 #define FLASHPLUS_BWD_GMMA_TRY(DD, BN, BM, NW)                                            \
   if constexpr (DD == D) {                                                                \
