@@ -1,4 +1,5 @@
 // run_bwd_tc: picks the (dtype, head-dim bucket) instance; the instance picks the tile.
+#include <algorithm>
 #include <string>
 
 #include "gpu/bwd/bwd_instances.h"
@@ -30,19 +31,24 @@ Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 std::vector<KernelConfig> bwd_tc_configs(int head_dim) {
   std::vector<KernelConfig> r;
   const int d = tc::head_dim_bucket(head_dim);
-#define FLASHPLUS_BWD_CFG(DD, BN, BM, NW) \
-  if (DD == d) {                        \
-    KernelConfig c;                     \
-    c.block_m = BM;                     \
-    c.block_n = BN;                     \
-    c.num_warps = NW;                   \
-    r.push_back(c);                     \
+  // wgmma tiles first (they run where sm_90a code exists; elsewhere a config naming one that is
+  // not also an mma.sync tile returns no_instance), then the mma.sync tiles, without duplicates.
+#define FLASHPLUS_BWD_CFG(DD, BN, BM, NW)                                    \
+  if (DD == d) {                                                           \
+    KernelConfig c;                                                        \
+    c.block_m = BM;                                                        \
+    c.block_n = BN;                                                        \
+    c.num_warps = NW;                                                      \
+    if (std::find(r.begin(), r.end(), c) == r.end()) r.push_back(c);       \
   }
 #if FLASHPLUS_VENDOR_HIP
   FLASHPLUS_BWD_MFMA_TILES_D64(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_MFMA_TILES_D128(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_MFMA_TILES_D256(FLASHPLUS_BWD_CFG)
 #else
+  FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_CFG)
+  FLASHPLUS_BWD_GMMA_TILES_D256(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_CFG)
   FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_CFG)

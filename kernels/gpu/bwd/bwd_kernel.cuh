@@ -27,6 +27,7 @@
 #endif
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "flashplus/params.h"
 #include "flashplus/status.h"
@@ -640,13 +641,22 @@ inline int max_smem_optin() {
   return v;
 }
 
-template <typename T, int D, int BN, int BM, int NW>
-Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
-  using Tr = BwdTraits<D, BN, BM, NW>;
+}  // namespace flashplus::gpu::tc
+
+#include "gpu/bwd/bwd_gmma_kernel.cuh"
+
+namespace flashplus::gpu::tc {
+
+// The three (four in deterministic mode) launches around one main kernel: `main_kernel` is
+// bwd_tc_kernel or bwd_gmma_kernel, BN keys per block, `threads` and `smem` bytes per block.
+template <typename T, int D, int BN>
+Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
+                       void (*main_kernel)(const AttnParams, const float*, float*), int threads,
+                       int smem) {
   using DT = DqTile<D>;
   constexpr int kDqSmem = 2 * (DT::BM + DT::BN) * D * 2;
   const bool det = p.deterministic;
-  if (Tr::kSmemBytes > max_smem_optin() || (det && kDqSmem > max_smem_optin()))
+  if (smem > max_smem_optin() || (det && kDqSmem > max_smem_optin()))
     return Status::NoInstance("bwd_tc: tile needs more shared memory than this device has");
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   // Workspace: fp32 dQ accumulator (rows x D; not in deterministic mode) and Dsum (rows) unless
@@ -667,15 +677,14 @@ Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
     if (e != cudaSuccess) return fail(e, "launch of bwd_preprocess");
   }
   {
-    auto kernel = bwd_tc_kernel<T, D, BN, BM, NW>;
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Tr::kSmemBytes);
+    cudaError_t e =
+        cudaFuncSetAttribute(main_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess) {
       const dim3 grid((p.seqlen_k + BN - 1) / BN, p.nheads_k, p.batch);
-      kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, dsum, dq_accum);
+      main_kernel<<<grid, threads, smem, stream>>>(p, dsum, dq_accum);
       e = cudaGetLastError();
     }
-    if (e != cudaSuccess) return fail(e, "launch of bwd_tc_kernel");
+    if (e != cudaSuccess) return fail(e, "launch of the backward main kernel");
   }
   if (det) {
     auto kernel = bwd_dq_kernel<T, D>;
@@ -696,14 +705,73 @@ Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
   return Status::Ok();
 }
 
+template <typename T, int D, int BN, int BM, int NW>
+Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
+  using Tr = BwdTraits<D, BN, BM, NW>;
+  return launch_bwd_main<T, D, BN>(p, stream, bwd_tc_kernel<T, D, BN, BM, NW>, Tr::kThreads,
+                                   Tr::kSmemBytes);
+}
+
+template <typename T, int D, int BN, int BM, int NW>
+Status launch_bwd_gmma_tile(const AttnParams& p, gpuStream_t stream) {
+  using Tr = BwdGmmaTraits<D, BN, BM, NW>;
+  return launch_bwd_main<T, D, BN>(p, stream,
+                                   p.deterministic ? bwd_gmma_kernel<T, D, BN, BM, NW, true>
+                                                   : bwd_gmma_kernel<T, D, BN, BM, NW, false>,
+                                   Tr::kThreads, Tr::kSmemBytes);
+}
+
+// Whether this translation unit's wgmma kernels exist in the image loaded for the current device
+// (an sm_90a pass built them and the device is sm_90). Read once per device, by a synchronous
+// copy: while `stream` is being captured into a graph that copy is not allowed, so such a call
+// answers no (mma.sync kernel) and leaves the question for the next call.
+static bool bwd_gmma_usable(gpuStream_t stream) {
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  if (cached[dev] == 0) {
+    // FLASHPLUS_BWD_NO_WGMMA=1 keeps the mma.sync kernel (A/B measurements, sm_80 behaviour).
+    const char* off = std::getenv("FLASHPLUS_BWD_NO_WGMMA");
+    if (off && off[0] == '1') return false;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (capture != cudaStreamCaptureStatusNone) return false;
+    int flag = 0;
+    const cudaError_t e = cudaMemcpyFromSymbol(&flag, bwd_gmma_compiled_flag, sizeof(int));
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    cached[dev] = (e == cudaSuccess && flag == 1) ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
 template <typename T, int D>
 Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream) {
   if (cfg.num_splits > 1 || cfg.stages > 2)
     return Status::NoInstance("bwd_tc: no such pipeline compiled");
   if (p.batch == 0 || p.nheads == 0 || p.seqlen_k == 0 || p.seqlen_q == 0)
     return Status::NoInstance("bwd_tc: empty problem (left to the fallback)");
-  bool first = true;
   // KernelConfig for the backward: block_n = keys per block, block_m = queries per step.
+  if (bwd_gmma_usable(stream)) {
+    bool gfirst = true;
+#define FLASHPLUS_BWD_GMMA_TRY(DD, BN, BM, NW)                                            \
+  if constexpr (DD == D) {                                                                \
+    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
+    if ((is_default && gfirst) ||                                                         \
+        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+      return launch_bwd_gmma_tile<T, DD, BN, BM, NW>(p, stream);                          \
+    gfirst = false;                                                                       \
+  }
+    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_TRY) }
+    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_TRY) }
+    if constexpr (D == 256) { FLASHPLUS_BWD_GMMA_TILES_D256(FLASHPLUS_BWD_GMMA_TRY) }
+#undef FLASHPLUS_BWD_GMMA_TRY
+    (void)gfirst;
+  }
+  bool first = true;
 #define FLASHPLUS_BWD_TRY(DD, BN, BM, NW)                                                 \
   if constexpr (DD == D) {                                                                \
     const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \

@@ -379,6 +379,12 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "bench")) do_bench = true;
     if (!std::strcmp(argv[i], "configs")) do_cfg = true;
     if (!std::strcmp(argv[i], "nobwd")) do_bwd = false;
+    if (!std::strcmp(argv[i], "one") && i + 3 < argc) {  // one S D CAUSAL: a single bench shape
+      CK(cudaSetDevice(0));
+      bench(std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::atoi(argv[i + 3]) != 0, true,
+            gpu::KernelConfig{}, "one");
+      return 0;
+    }
   }
   if (!do_check && !do_bench && !do_cfg) do_check = do_bench = true;
   cudaDeviceProp prop;
@@ -442,7 +448,7 @@ int main(int argc, char** argv) {
   }
   if (do_bench)
     for (int d : {64, 128})
-      for (int s : {1024, 4096})
+      for (int s : {1024, 4096, 16384})
         for (bool causal : {false, true}) bench(s, d, causal, do_bwd, gpu::KernelConfig{}, "default");
   return fails ? 1 : 0;
 }

@@ -1,0 +1,426 @@
+// Backward on Hopper warpgroup MMA (wgmma, sm_90a): the same algorithm as bwd_tc_kernel (one
+// block per key block, dK/dV in registers, dQ by fp32 reductions or, in deterministic mode, by
+// bwd_dq_kernel), with every product a wgmma that reads its shared-memory operands once per
+// warpgroup instead of once per warp (bwd_tc_kernel's ldmatrix traffic was the limit, see
+// docs/GPU_KERNELS.md "Backward on wgmma").
+//
+// Block: 128 keys, 2 warpgroups (8 warps); warpgroup wg owns keys [64wg, 64wg+64), warp w keys
+// [16w, 16w+16) as in bwd_tc_kernel, so the per-element code (masks, softcap, ALiBi) is the same.
+// Per (query head, query block of BM rows):
+//   S^T  = K_wg Q^T     m64 n=BM,  A = K (smem, K-major), B = Q (smem, K-major)
+//   dP^T = V_wg dO^T    m64 n=BM,  A = V,                 B = dO          (issued with S^T)
+//   P^T  = exp(S^T - lse) -> 16-bit A fragments (registers)
+//   dV  += P^T dO       m64 n=D,   A = P^T (registers),   B = dO (smem, MN-major)
+//   dS^T = P^T (dP^T - Dsum)
+//   dK  += dS^T Q       m64 n=D,   A = dS^T (registers),  B = Q (smem, MN-major)
+//   dS^T -> smem; dQ_part = dS K   m64 n=64: A = dS (smem, MN-major), B = K (smem, MN-major);
+//     warpgroup wg takes query rows [64wg, +64) when BM = 128, head-dim columns [64wg, +64)
+//     when BM = 64; then red.global.add.v2.f32 into the fp32 accumulator.
+#pragma once
+#include <type_traits>
+
+#include "gpu/bwd/bwd_gmma.h"
+
+namespace flashplus::gpu::tc {
+
+// Compiled wgmma backward tiles: X(D, BN keys, BM queries, NW warps). First entry = default.
+// On a device where this kernel runs (sm_90 with sm_90a code), a KernelConfig that matches one of
+// these picks it before the mma.sync list (bwd_kernel.cuh) is consulted.
+#define FLASHPLUS_BWD_GMMA_TILES_D64(X) X(64, 128, 128, 8)
+#define FLASHPLUS_BWD_GMMA_TILES_D128(X) X(128, 128, 64, 8)
+#define FLASHPLUS_BWD_GMMA_TILES_D256(X)
+
+template <int D, int BN, int BM, int NW>
+struct BwdGmmaTraits {
+  static constexpr int kThreads = NW * 32;
+  static constexpr int kQT = BM / 8;  // n8 tiles of S^T per thread row
+  static constexpr int kDT = D / 8;   // n8 tiles of dK/dV
+  using TileKV = GmmaTile<BN, D>;
+  using TileQ = GmmaTile<BM, D>;
+  using TileDS = GmmaTile<BN, BM>;  // dS^T: row = key, col = query
+  static constexpr bool kDqSplitRows = BM == 128;  // dQ split over warpgroups by rows, else cols
+  static constexpr int kDQN = kDqSplitRows ? D : D / 2;
+  // fp32 dQ staging for the bulk reductions: BM rows of D floats, rows padded by 8 floats so that
+  // the float2 stores of a half-warp (4 rows x 4 column pairs) hit 32 different banks.
+  static constexpr int kDqStride = D + 8;
+  static constexpr int kSmemBytes = 1024 + 2 * TileKV::kBytes + 4 * TileQ::kBytes +
+                                    2 * TileDS::kBytes + BM * kDqStride * 4 + 4 * BM * 4;
+  static_assert(BN == 128 && NW == 8, "two warpgroups of 64 keys");
+  static_assert(BM == 64 || BM == 128, "wgmma n = BM");
+  static_assert(D == 64 || D == 128, "wgmma n = D");
+  static_assert(kDQN == 64, "dQ product per warpgroup is m64n64");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the per-block limit");
+};
+
+// kDet: deterministic mode (dq_accum == nullptr, dQ left to bwd_dq_kernel); a template
+// parameter so that the wgmma pipeline below has no data-dependent issue.
+template <typename T, int D, int BN, int BM, int NW, bool kDet>
+__global__ void __launch_bounds__(NW * 32, 1)
+    bwd_gmma_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
+#if FLASHPLUS_HAS_WGMMA
+  using Tr = BwdGmmaTraits<D, BN, BM, NW>;
+  using TileKV = typename Tr::TileKV;
+  using TileQ = typename Tr::TileQ;
+  using TileDS = typename Tr::TileDS;
+  constexpr int kQT = Tr::kQT, kDT = Tr::kDT, kThreads = Tr::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  // Swizzle atoms need 1024-byte aligned tiles: round the base up (kSmemBytes has the slack).
+  unsigned char* smem = smem_raw + ((1024u - (prim::smem_u32(smem_raw) & 1023u)) & 1023u);
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + TileKV::kElems;
+  T* sQ = sV + TileKV::kElems;      // [2][BM][D]
+  T* sdO = sQ + 2 * TileQ::kElems;  // [2][BM][D]
+  T* sdS = sdO + 2 * TileQ::kElems;                              // [2][BN][BM]
+  float* sdQ = reinterpret_cast<float*>(sdS + 2 * TileDS::kElems);  // [BM][kDqStride]
+  float* sLse = sdQ + BM * Tr::kDqStride;                        // [2][BM] (natural log)
+  float* sDs = sLse + 2 * BM;                                    // [2][BM]
+
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // Warp and warpgroup index through a shuffle, so the compiler knows they are warp-uniform and
+  // keeps the descriptor arithmetic in uniform registers.
+  const int warp = __shfl_sync(0xffffffffu, tid / 32, 0);
+  const int wg = warp / 4, wi = warp % 4;
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int G = p.group();
+  const int n0 = n_block * BN;
+  const int rows_k = min(BN, p.seqlen_k - n0);
+  const int dchunks = p.head_dim / 8;
+
+  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
+              static_cast<int64_t>(n0) * p.dk_stride.row;
+  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
+              static_cast<int64_t>(n0) * p.dv_stride.row;
+
+  int i_min = 0, i_max = p.seqlen_q - 1;
+  if (p.has_window()) {
+    const int off = p.seqlen_k - p.seqlen_q;
+    i_min = max(i_min, n0 - off - p.window_right);
+    i_max = min(i_max, n0 + rows_k - 1 - off + p.window_left);
+  }
+  if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
+    for (int c = tid; c < rows_k * dchunks; c += kThreads) {
+      const int r = c / dchunks, ch = c % dchunks;
+      *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
+    }
+    return;
+  }
+  const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
+  const int n_iters = G * m_count;
+
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
+                static_cast<int64_t>(n0) * p.k_stride.row;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
+                static_cast<int64_t>(n0) * p.v_stride.row;
+  load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
+  load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
+
+  auto load_q_block = [&](int it, int buf) {
+    const int hq = hk * G + it / m_count;
+    const int m0 = (m_first + it % m_count) * BM;
+    const int rows_q = min(BM, p.seqlen_q - m0);
+    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
+                  static_cast<int64_t>(m0) * p.q_stride.row;
+    const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                   hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
+                                            dchunks, qg, tid);
+    load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
+                                            rows_q, dchunks, dog, tid);
+    // lse and Dsum through cp.async as well (a plain load would stall the thread here); rows
+    // past seqlen_q read as 0 and are zeroed explicitly on the general path of the loop.
+    const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
+    static_assert(2 * BM <= kThreads, "one thread per lse / Dsum value");
+    if (tid < BM) {
+      const bool ok = tid < rows_q;
+      cp_async_4(prim::smem_u32(sLse + buf * BM + tid), p.softmax_lse + (ok ? row0 + tid : 0), ok);
+    } else if (tid < 2 * BM) {
+      const int r = tid - BM;
+      const bool ok = r < rows_q;
+      cp_async_4(prim::smem_u32(sDs + buf * BM + r), dsum + (ok ? row0 + r : 0), ok);
+    }
+  };
+  load_q_block(0, 0);
+  prim::cp_async_commit();
+
+  float acc_dk[kDT][4], acc_dv[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[dt][e] = acc_dv[dt][e] = 0.f;
+
+  const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
+  const bool cap = p.softcap > 0.f;
+  const float scale_log2 = p.softmax_scale * prim::kLog2e;
+  const uint32_t sK_base = prim::smem_u32(sK), sV_base = prim::smem_u32(sV),
+                 sdS_base = prim::smem_u32(sdS);
+  const uint32_t kv_wg = wg * 64 * 128;  // this warpgroup's 64 key rows inside each column block
+  // dQ product of this warpgroup: query rows [q_off, +64), head-dim columns [d_off, +64).
+  const int dq_row0 = Tr::kDqSplitRows ? 64 * wg : 0;
+  const int dq_col0 = Tr::kDqSplitRows ? 0 : 64 * wg;
+  // Base descriptors; a k-step adds a compile-time byte offset / 16 to the low word.
+  const uint64_t dK_kmaj = gmma_desc(sK_base + kv_wg, 16, 1024);
+  const uint64_t dV_kmaj = gmma_desc(sV_base + kv_wg, 16, 1024);
+  const uint64_t dQ_kmaj[2] = {gmma_desc(prim::smem_u32(sQ), 16, 1024),
+                               gmma_desc(prim::smem_u32(sQ + TileQ::kElems), 16, 1024)};
+  const uint64_t ddO_kmaj[2] = {gmma_desc(prim::smem_u32(sdO), 16, 1024),
+                                gmma_desc(prim::smem_u32(sdO + TileQ::kElems), 16, 1024)};
+  const uint64_t dQ_mn[2] = {gmma_desc(prim::smem_u32(sQ), TileQ::kBlockBytes, 1024),
+                             gmma_desc(prim::smem_u32(sQ + TileQ::kElems), TileQ::kBlockBytes, 1024)};
+  const uint64_t ddO_mn[2] = {
+      gmma_desc(prim::smem_u32(sdO), TileQ::kBlockBytes, 1024),
+      gmma_desc(prim::smem_u32(sdO + TileQ::kElems), TileQ::kBlockBytes, 1024)};
+  const uint64_t ddS_mn[2] = {
+      gmma_desc(sdS_base + (dq_row0 / 64) * TileDS::kBlockBytes, TileDS::kBlockBytes, 1024),
+      gmma_desc(sdS_base + TileDS::kBytes + (dq_row0 / 64) * TileDS::kBlockBytes,
+                TileDS::kBlockBytes, 1024)};
+  const uint64_t dK_mn =
+      gmma_desc(sK_base + (dq_col0 / 64) * TileKV::kBlockBytes, TileKV::kBlockBytes, 1024);
+  const int wtid = tid % 128;  // thread inside the warpgroup
+  const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
+
+  // S^T (resp. dP^T) of the query block in buffer `qb`, one commit group each.
+  auto issue_s = [&](float (&s)[kQT][4], int qb) {
+    const uint64_t dq_k = qb ? dQ_kmaj[1] : dQ_kmaj[0];
+    gmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t okv = ((kk / 4) * TileKV::kBlockBytes + (kk % 4) * 32) >> 4;
+      const uint32_t oq = ((kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32) >> 4;
+      gmma_ss<T, 0, 0, BM>(s, dK_kmaj + okv, dq_k + oq, kk > 0);
+    }
+    gmma_commit();
+  };
+  auto issue_dp = [&](float (&dp)[kQT][4], int qb) {
+    const uint64_t ddo_k = qb ? ddO_kmaj[1] : ddO_kmaj[0];
+    gmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t okv = ((kk / 4) * TileKV::kBlockBytes + (kk % 4) * 32) >> 4;
+      const uint32_t oq = ((kk / 4) * TileQ::kBlockBytes + (kk % 4) * 32) >> 4;
+      gmma_ss<T, 0, 0, BM>(dp, dV_kmaj + okv, ddo_k + oq, kk > 0);
+    }
+    gmma_commit();
+  };
+
+  // dQ = dS K (64 x 64 per warpgroup) from dS^T buffer `db`; stage_dq: scale, stage in shared
+  // memory, bulk-reduce into dq_accum (rows of iteration itp).
+  auto issue_dq = [&](float (&acc)[8][4], int db) {
+    gmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      gmma_ss<T, 1, 1, 64>(acc, ddS_mn[db] + kk * (2048 >> 4), dK_mn + kk * (2048 >> 4), kk > 0);
+    gmma_commit();
+  };
+  auto stage_dq = [&](const float (&acc)[8][4], int itp) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float* row = sdQ + (dq_row0 + wi * 16 + g + 8 * r) * Tr::kDqStride + dq_col0 + 2 * t;
+#pragma unroll
+      for (int dt = 0; dt < 8; ++dt)
+        *reinterpret_cast<float2*>(row + dt * 8) =
+            make_float2(acc[dt][2 * r] * p.softmax_scale, acc[dt][2 * r + 1] * p.softmax_scale);
+    }
+    fence_proxy_async();
+    named_barrier(1 + wg, 128);  // this warpgroup's 64 x 64 piece is staged
+    if (wtid < 64) {             // one 256-byte row segment per thread
+      const int hq_p = hk * G + itp / m_count;
+      const int rl = dq_row0 + wtid, i = (m_first + itp % m_count) * BM + rl;
+      if (i < p.seqlen_q) {
+        float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq_p) * p.seqlen_q + i) * D;
+        bulk_reduce_add_f32(dqa + dq_col0, prim::smem_u32(sdQ + rl * Tr::kDqStride + dq_col0),
+                            64 * 4);
+      }
+      bulk_commit();
+    }
+  };
+
+  // Software pipeline over (head, query block) iterations, one block barrier each, at the end
+  // of iteration it: it publishes dS^T(it) (both warpgroups' keys) and Q/dO(it+1). Iteration it
+  // then starts dQ(it-1) and S^T(it) together, stages and bulk-reduces dQ(it-1) under S^T(it),
+  // and issues dP^T(it) last (needed only at dS). Every product is waited for inside its
+  // iteration, and none is issued conditionally (at it = 0 the dQ product runs on the unused
+  // dS^T buffer and is dropped), which keeps ptxas from serializing the pipeline.
+  // Buffers: Q/dO/lse/Dsum and dS^T are double-buffered by it % 2; whatever an iteration's
+  // products read is complete before that iteration's barrier.
+  prim::cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int buf = it & 1;
+    float acc_dq[8][4], s[kQT][4], dp[kQT][4];
+    if constexpr (!kDet) issue_dq(acc_dq, buf ^ 1);
+    issue_s(s, buf);
+    if constexpr (!kDet) {
+      gmma_wait<1>();
+      gmma_reg_fence(acc_dq);
+      if (it > 0) stage_dq(acc_dq, it - 1);
+    }
+    issue_dp(dp, buf);
+    if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
+    prim::cp_async_commit();
+
+    const int hq = hk * G + it / m_count;
+    const int m0 = (m_first + it % m_count) * BM;
+    const uint64_t dq_m = buf ? dQ_mn[1] : dQ_mn[0], ddo_m = buf ? ddO_mn[1] : ddO_mn[0];
+    gmma_wait<1>();  // S^T(it) done; dP^T(it) may still run
+    gmma_reg_fence(s);
+
+    const int q_last = min(m0 + BM, p.seqlen_q) - 1;
+    bool full_tile = n0 + BN <= p.seqlen_k && m0 + BM <= p.seqlen_q;
+    if (p.has_window()) {
+      int lo_a, hi_a, lo_b, hi_b;
+      p.key_range(m0, &lo_a, &hi_a);
+      p.key_range(q_last, &lo_b, &hi_b);
+      full_tile = full_tile && lo_b <= n0 && hi_a >= n0 + BN;
+    }
+    const float slope = prim::alibi_slope(p, b, hq);
+    const float* lse_s = sLse + buf * BM;
+    const float* ds_s = sDs + buf * BM;
+    // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative.
+    uint32_t pP[BM / 16][4], pS[BM / 16][4];
+    // Two compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
+    // the block visible to every query row) without a branch per element, and the general one.
+    auto scores_to_p = [&](auto fast_c) {
+      constexpr bool kFast = decltype(fast_c)::value;
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt) {
+        float lse2[2];
+        int lo[2], hi[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int ql = nt * 8 + 2 * t + c;
+          lse2[c] = lse_s[ql] * prim::kLog2e;
+          int l = 0, h = p.seqlen_k;
+          if (!kFast && !full_tile) p.key_range(m0 + ql, &l, &h);
+          lo[c] = l;
+          hi[c] = h;
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int j = key_r0 + 8 * r;
+          float pv[2], pc[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int i = m0 + nt * 8 + 2 * t + c;
+            if (kFast || plain) {
+              pv[c] = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
+              pc[c] = pv[c];
+            } else {
+              float th;
+              const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+              pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
+              pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
+            }
+            if (!kFast && !full_tile && (j < lo[c] || j >= hi[c] || i >= p.seqlen_q))
+              pv[c] = pc[c] = 0.f;
+          }
+          pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+          pS[nt / 2][(nt % 2) * 2 + r] = kFast ? pP[nt / 2][(nt % 2) * 2 + r]
+                                               : prim::Elem<T>::pack(pc[0], pc[1]);
+        }
+      }
+    };
+    if (plain && full_tile) scores_to_p(std::true_type{});
+    else scores_to_p(std::false_type{});
+
+    // ---- dV += P^T dO ----
+    gmma_fence();
+#pragma unroll
+    for (int kq = 0; kq < BM / 16; ++kq)
+      gmma_rs<T, 1, D>(acc_dv, pP[kq], ddo_m + kq * (2048 >> 4), 1);
+    gmma_commit();
+    gmma_wait<1>();  // dP^T done (dV may still run)
+    gmma_reg_fence(dp);
+
+    // ---- dS^T = P^T (dP^T - Dsum) ----
+#pragma unroll
+    for (int nt = 0; nt < kQT; ++nt) {
+      const float d0 = ds_s[nt * 8 + 2 * t], d1 = ds_s[nt * 8 + 2 * t + 1];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
+        dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
+        dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+      }
+    }
+
+    // ---- dK += dS^T Q ----
+    uint32_t ads[BM / 16][4];
+#pragma unroll
+    for (int kq = 0; kq < BM / 16; ++kq) prim::c_to_a<T>(ads[kq], dp[2 * kq], dp[2 * kq + 1]);
+    gmma_fence();
+#pragma unroll
+    for (int kq = 0; kq < BM / 16; ++kq)
+      gmma_rs<T, 1, D>(acc_dk, ads[kq], dq_m + kq * (2048 >> 4), 1);
+    gmma_commit();
+
+    if constexpr (!kDet) {
+      // ---- dS^T -> shared memory (16-bit, as the dQ product consumes it) ----
+      // ads[kq][e] holds rows g (+8 for e odd) x queries kq*16 + 2t (+8 for e >= 2): the four
+      // 8x8 matrices of one stmatrix.x4, lane l addressing row l % 8 of matrix l / 8.
+#pragma unroll
+      for (int kq = 0; kq < BM / 16; ++kq) {
+        const int kr = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), qc = kq * 16 + 8 * (lane / 16);
+        stmatrix_x4(sdS_base + buf * TileDS::kBytes + 2 * TileDS::offset(kr, qc), ads[kq]);
+      }
+    }
+    gmma_wait<0>();
+    gmma_reg_fence(acc_dv);
+    gmma_reg_fence(acc_dk);
+
+    // ---- iteration boundary ----
+    if (!kDet && wtid < 64) bulk_wait_read();  // sdQ: the bulk reductions of it-1 have read it
+    prim::cp_async_wait<0>();                  // Q/dO/lse/Dsum(it+1) landed (this thread's part)
+    fence_proxy_async();                       // dS^T stores, cp.async data -> wgmma operands
+    __syncthreads();
+  }
+  if constexpr (!kDet) {
+    float acc_dq[8][4];
+    issue_dq(acc_dq, (n_iters - 1) & 1);
+    gmma_wait<0>();
+    gmma_reg_fence(acc_dq);
+    stage_dq(acc_dq, n_iters - 1);
+    if (wtid < 64) bulk_wait();
+  }
+  prim::cp_async_wait<0>();
+  __syncthreads();  // all products are done with sK/sV: reuse them to stage dK/dV
+
+  // ---- epilogue: dK (scaled), dV -> shared -> 16-byte stores ----
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int kr = warp * 16 + g + 8 * r;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      *reinterpret_cast<uint32_t*>(sK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
+          acc_dk[dt][2 * r] * p.softmax_scale, acc_dk[dt][2 * r + 1] * p.softmax_scale);
+      *reinterpret_cast<uint32_t*>(sV + TileKV::offset(kr, dt * 8 + 2 * t)) =
+          prim::Elem<T>::pack(acc_dv[dt][2 * r], acc_dv[dt][2 * r + 1]);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int itc = 0; itc < BN * (D / 8) / kThreads; ++itc) {
+    const int c = itc * kThreads + tid;
+    const int r = c / (D / 8), ch = c % (D / 8);
+    if (r < rows_k && ch < dchunks) {
+      *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sK + TileKV::offset(r, ch * 8));
+      *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) =
+          *reinterpret_cast<const uint4*>(sV + TileKV::offset(r, ch * 8));
+    }
+  }
+#else
+  (void)p;
+  (void)dsum;
+  (void)dq_accum;
+  __trap();  // never launched: bwd_gmma_compiled() says no sm_90a code was built
+#endif  // FLASHPLUS_HAS_WGMMA
+}
+
+// 1 in the device code of an sm_90a pass, 0 in any other: the host reads the value of the image
+// the driver loaded for the current device, so the wgmma kernel is only launched where it exists.
+static __device__ int bwd_gmma_compiled_flag = FLASHPLUS_HAS_WGMMA;
+
+}  // namespace flashplus::gpu::tc
