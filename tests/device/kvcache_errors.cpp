@@ -32,7 +32,8 @@ struct Buf {
   ~Buf() { runtime::free(Backend::cuda, p); }
   void fill(float v) {
     std::vector<uint8_t> h(n * dtype_size(t));
-    for (size_t i = 0; i < n; ++i) store_float(h.data(), t, i, v + 0.001f * static_cast<float>(i % 7));
+    for (size_t i = 0; i < n; ++i)
+      store_float(h.data(), t, i, v + 0.001f * static_cast<float>(i % 7));
     (void)runtime::copy_to_device(Backend::cuda, p, h.data(), h.size());
   }
   void ints(const std::vector<int>& x) {
@@ -91,7 +92,8 @@ int main() {
     invalid(run(true, false, false, splits), "block_table", "block table entry out of range" + sp);
     bt.ints(table);
     bi.ints({1, 2});
-    invalid(run(false, true, false, splits), "cache_batch_idx", "cache_batch_idx out of range" + sp);
+    invalid(run(false, true, false, splits), "cache_batch_idx",
+            "cache_batch_idx out of range" + sp);
     lp.ints({0, 250});
     invalid(run(false, false, true, splits), "cache_leftpad", "leftpad beyond the end" + sp);
     lp.ints({0, 5});
