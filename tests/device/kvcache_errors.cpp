@@ -2,9 +2,10 @@
 // to mha_fwd_kvcache on the CUDA backend come back as an Invalid Status from the same call, with
 // the error-flag protocol of kernels/gpu/kvcache (mapped host flags, no read-back copy), and a
 // good call after a bad one returns Ok (the flags are zeroed between calls). Build against the
-// CUDA build's libraries, e.g.
+// CUDA build's libraries (as for the round-3 run, docs/PERF.md):
 //   g++ -O2 -std=c++17 -Ikernels/include tests/device/kvcache_errors.cpp \
-//     build-cuda/kernels/libflashplus.a ... -lcudart -o kv_errors
+//     build-cuda/kernels/libflashplus.a /usr/local/cuda/lib/libcudart_static.a -ldl -lrt \
+//     -lpthread /usr/lib/x86_64-linux-gnu/libfmt.so.9.1.0 -o kv_errors
 #include <cstdio>
 #include <optional>
 #include <string>
