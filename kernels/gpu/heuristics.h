@@ -96,13 +96,14 @@ inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
 // p.seqlen_k: the actual lengths live on the device), the partial results' traffic stays within
 // kKvcachePartialShare of the cache read, 128 at most (upstream's limit).
 //
-// Half a wave, from the H100 sweep (docs/PERF.md "KV-cache decoding, round 2"): at every decode
-// shape the fewest splits measured was the fastest (32 x 2 x 2 tile, 792 slots: batch 1 x 131072
-// 50 < 99 < 128 splits, batch 8 x 16384 12 < 24 < 34 < 48, batch 64 x 4096 3 < 6 < 12): longer
-// splits amortise each block's prologue, merge and partial write, and fewer splits cost the
-// combine less; 3 blocks of 2 warps per SM already keep the cache read going. The first rule
-// (>= 2 full waves) picked 99, 34 and 6 there; this one picks 50 (measured), 7 and 1 (not yet).
-constexpr double kKvcacheWaveFill = 0.5;
+// 0.64 of a wave (~4 blocks of the 6-slot 32 x 2 x 2 tile per SM, ~507 of 792 blocks on the
+// H100), from the round-3 sweep (docs/PERF.md "KV-cache decoding, round 3"; H100, error flags
+// checked, TB/s): batch 1 x 131072 (8 blocks per split) 25 / 32 / 40 / 50 / 64 splits = 1.82 /
+// 2.26 / 2.40 / 2.59 / 2.62; batch 8 x 16384 (64 per split) 4 / 5 / 7 / 10 / 12 = 2.02 / 2.41 /
+// 2.59 / 2.54 / 2.61; batch 64 x 4096 (512 per split) 1 / 2 / 3 = 2.87 / 2.44 / 2.80. Grids of
+// 400-770 blocks run at full speed, 200-320 leave SMs short of warps, 1024 (1.3 waves) pays a
+// second wave's tail. The picks: 64 / 8 / 1 splits. (Round 2's 0.5 picked 50 / 7 / 1.)
+constexpr double kKvcacheWaveFill = 0.64;
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
   if (p.num_splits > 0) return std::min(p.num_splits, 128);

@@ -7,10 +7,11 @@
 //   2. attention on tensor cores: one block per (query-row block, kv head, batch, split); the
 //      group's query heads are packed into the rows so the cache is read once per kv head;
 //   3. combine (num_splits > 1): the splits' fp32 partial O and LSE merged into out and lse.
+// On sm_90, 2 and 3 use programmatic dependent launch (each waits in-kernel for its predecessor).
 // Indices the caller passes in device memory (cache_seqlens, block_table, cache_batch_idx,
 // cache_leftpad, rotary positions) are range-checked in the kernels: an out-of-range one is never
-// dereferenced, sets a bit of a device error word, and the host reads the word back after the
-// launches (one 4-byte copy and a stream synchronisation) to return Status::Invalid.
+// dereferenced and sets the flag of its kind (KvcacheError bit i = flag i, in mapped pinned host
+// memory); the host reads the flags after a stream synchronisation to return Status::Invalid.
 #pragma once
 #include <string>
 #include <vector>
@@ -22,7 +23,8 @@
 
 namespace flashplus::gpu {
 
-// Bits of the device error word (set by the kernels, read back by the host).
+// Kinds of out-of-range index (bit i = error flag i of the kernels; the portable path ORs the
+// bits into one device word).
 enum KvcacheError : int {
   kKvErrSeqlens = 1 << 0,     // cache_seqlens[b] < 0 or cache_seqlens[b] + seqlen_new > capacity
   kKvErrBlockTable = 1 << 1,  // a block_table entry of a used page outside [0, num_blocks)
@@ -53,8 +55,8 @@ Status kvcache_supports(const AttnParams& p);
 
 // Runs the call with tile `cfg` (block_n, num_warps, stages; 0 = the heuristic's pick) and
 // num_splits (p.num_splits > 0 wins, then cfg.num_splits > 0, else kvcache_num_splits). `check`:
-// read the device error word back (synchronises the stream). *used receives the configuration
-// that ran. NoInstance when cfg names a tile that is not compiled.
+// wait for the kernels and read their error flags (synchronises the stream). *used receives the
+// configuration that ran. NoInstance when cfg names a tile that is not compiled.
 Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
                    void* stream, bool check, KernelConfig* used);
 

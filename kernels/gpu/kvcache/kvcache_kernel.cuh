@@ -20,8 +20,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "flashplus/params.h"
 #include "flashplus/status.h"
@@ -48,8 +50,39 @@ struct KvArgs {
   int nsplit = 1;
   float* o_acc = nullptr;    // (nsplit, batch, nheads, seqlen_q, head_dim) fp32, normalised
   float* lse_acc = nullptr;  // (nsplit, batch, nheads, seqlen_q) fp32; -inf = the split saw nothing
-  int* err = nullptr;        // device error word (KvcacheError bits)
+  int* err = nullptr;        // kKvErrSlots error flags (kv_report)
 };
+
+// ---- error flags and programmatic dependent launch ---------------------------------------------
+
+// The error report: one int per KvcacheError bit, set to 1 by a plain store (idempotent, so no
+// atomics and no zeroing on the device). When the host checks, the flags live in mapped pinned
+// host memory the host zeroed before the launches and reads after the stream synchronisation
+// (no memset, no copy: docs/PERF.md "KV-cache decoding, round 3"); otherwise they point into the
+// workspace and nobody reads them.
+constexpr int kKvErrSlots = 5;
+__device__ __forceinline__ void kv_report(int* err, int bits) {
+  volatile int* e = err;
+#pragma unroll
+  for (int i = 0; i < kKvErrSlots; ++i)
+    if (bits & (1 << i)) e[i] = 1;
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic stream
+// serialization attribute may start while the previous kernel of the stream drains; it must not
+// touch global memory before kv_grid_wait() (which returns once that kernel has finished and its
+// writes are visible). kv_grid_trigger() lets the next kernel launch early. Both are no-ops on
+// older chips and in kernels launched without the attribute.
+__device__ __forceinline__ void kv_grid_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kv_grid_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 template <int D, int BN, int NW, int STAGES>
 struct KvTraits {
@@ -153,6 +186,7 @@ __device__ __forceinline__ float rotary_channel(const AttnParams& p, const T* x,
 template <typename T>
 __global__ void __launch_bounds__(128) kv_prepass_kernel(const AttnParams p, T* q_rot, int* err) {
   using E = prim::Elem<T>;
+  kv_grid_trigger();  // the attention may launch now; it waits for this grid before reading
   const int b = blockIdx.y, lane = threadIdx.x % 32;
   const int item = blockIdx.x * 4 + threadIdx.x / 32;
   const int d = p.head_dim;
@@ -191,7 +225,7 @@ __global__ void __launch_bounds__(128) kv_prepass_kernel(const AttnParams p, T* 
       for (int c = lane; c < d; c += 32) qd[c] = E::from_float(rotary_channel(p, qs, c, pos));
     }
   }
-  if (bad && lane == 0) atomicOr(err, bad);
+  if (bad && lane == 0) kv_report(err, bad);
 }
 
 // ---- 2. attention ------------------------------------------------------------------------------
@@ -215,6 +249,9 @@ __global__ void __launch_bounds__(NW * 32)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sKV = sQ + TileQ::kElems;  // stage s: K at 2 s, V at 2 s + 1 (tiles of TileKV::kElems)
+  // Launched with PDL: nothing of global memory before the previous kernel (the pre-pass, or the
+  // caller's kernel that wrote cache_seqlens / the cache) has finished.
+  kv_grid_wait();
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int split = blockIdx.x % a.nsplit, mb = blockIdx.x / a.nsplit;
@@ -476,6 +513,7 @@ __global__ void __launch_bounds__(NW * 32)
       }
     }
   }
+  kv_grid_trigger();  // the combine may launch (it waits for this grid before reading)
   prim::cp_async_wait<0>();
   __syncthreads();  // the pipeline's memory becomes the merge area
 
@@ -537,7 +575,7 @@ __global__ void __launch_bounds__(NW * 32)
       if (c4 == 0) a.lse_acc[rid] = l > 0.f ? m_use * mul * prim::kLn2 + logf(l) : -INFINITY;
     }
   }
-  if (bad) atomicOr(a.err, bad);
+  if (bad) kv_report(a.err, bad);
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -559,6 +597,7 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
   __shared__ float s_w[kMaxSplits];            // exp(lse_s - lse) per split
   __shared__ float s_max[kWarps], s_sum[kWarps];
   __shared__ float4 s_part[kCombineThreads];   // per (group, chunk) partial O
+  kv_grid_wait();  // launched with PDL: the attention's partials are complete past this point
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   const int64_t rid = blockIdx.x;
@@ -686,20 +725,93 @@ inline Status kv_workspace_pool(int dev, cudaMemPool_t* pool) {
   return Status::Ok();
 }
 
+// Launches `kernel` on `stream`, with programmatic stream serialization when `pdl` (sm_90: the
+// kernel may be scheduled while the previous one drains; it calls kv_grid_wait() first).
+template <typename... Args>
+cudaError_t kv_launch(void (*kernel)(Args...), dim3 grid, int threads, int smem,
+                      cudaStream_t stream, bool pdl, const Args&... args) {
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = grid;
+  lc.blockDim = dim3(threads);
+  lc.dynamicSmemBytes = static_cast<size_t>(smem);
+  lc.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  lc.attrs = attr;
+  lc.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&lc, kernel, args...);
+}
+
+// FLASHPLUS_KVCACHE_PDL=0 launches the attention and the combine without programmatic dependent
+// launch (for A/B measurements); default on where the chip has it (sm_90).
+inline bool kv_pdl_enabled(const DeviceInfo& dev) {
+  static const bool env = [] {
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_PDL");
+    return e == nullptr || e[0] != '0';
+  }();
+  return env && dev.arch >= 90 && dev.arch < 1000;
+}
+
 template <typename T, int D, int BN, int NW, int STAGES>
-Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream) {
+Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream, bool pdl) {
   using Tr = KvTraits<D, BN, NW, STAGES>;
   const long long mblocks = (static_cast<long long>(p.seqlen_q) * p.group() + kRows - 1) / kRows;
   const long long gx = mblocks * a.nsplit;
   if (gx > 0x7fffffffLL || p.batch > 65535 || p.nheads_k > 65535)
     return Status::Unsupported("kvcache: grid too large (seqlen_q * group * splits or batch)");
   const dim3 grid(static_cast<unsigned>(gx), p.nheads_k, p.batch);
-  kv_attn_kernel<T, D, BN, NW, STAGES><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, a);
-  FLASHPLUS_GPU_CHECK_LAUNCH("kv_attn_kernel");
+  FLASHPLUS_GPU_CHECK(kv_launch(kv_attn_kernel<T, D, BN, NW, STAGES>, grid, Tr::kThreads,
+                                Tr::kSmemBytes, stream, pdl, p, a));
   return Status::Ok();
 }
 
 // ---- host: one call -------------------------------------------------------------------------------
+
+// Mapped pinned host slots of kKvErrSlots flags, reused across calls: a checked call takes one,
+// zeroes it on the host, the kernels store into it through the mapped address, and after the
+// stream synchronisation the host reads it and gives it back. Replaces a memset and a pageable
+// 4-byte device-to-host copy per call. A slot whose call failed before the synchronisation is not
+// given back (a kernel may still write it).
+struct KvErrSlot {
+  int* host = nullptr;
+  int* device = nullptr;
+};
+inline std::mutex& kv_err_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+inline std::vector<KvErrSlot>& kv_err_free() {
+  static std::vector<KvErrSlot> v;
+  return v;
+}
+inline Status kv_err_acquire(KvErrSlot* slot) {
+  {
+    std::lock_guard<std::mutex> lock(kv_err_mutex());
+    auto& v = kv_err_free();
+    if (!v.empty()) {
+      *slot = v.back();
+      v.pop_back();
+      return Status::Ok();
+    }
+  }
+  void* h = nullptr;
+  FLASHPLUS_GPU_CHECK(cudaHostAlloc(&h, kKvErrSlots * sizeof(int),
+                                    cudaHostAllocMapped | cudaHostAllocPortable));
+  void* d = nullptr;
+  const cudaError_t e = cudaHostGetDevicePointer(&d, h, 0);
+  if (e != cudaSuccess) {
+    (void)cudaFreeHost(h);
+    return platform::gpu_status(e, "kvcache: mapping the error flags");
+  }
+  slot->host = static_cast<int*>(h);
+  slot->device = static_cast<int*>(d);
+  return Status::Ok();
+}
+inline void kv_err_release(const KvErrSlot& slot) {
+  std::lock_guard<std::mutex> lock(kv_err_mutex());
+  kv_err_free().push_back(slot);
+}
 
 inline int64_t round_up_256(int64_t n) { return (n + 255) / 256 * 256; }
 
@@ -717,7 +829,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     tile.stages = def.stages;
   }
   using Prep = Status (*)(int*);
-  using Launch = Status (*)(const AttnParams&, const KvArgs&, cudaStream_t);
+  using Launch = Status (*)(const AttnParams&, const KvArgs&, cudaStream_t, bool);
   Prep prep = nullptr;
   Launch launch = nullptr;
   KernelConfig ran;
@@ -746,7 +858,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                                                                     : kvcache_num_splits(p, dev, ran.block_n, blocks_per_sm)));
   ran.num_splits = nsplit;
 
-  // Workspace, stream-ordered: [error word | rotated q | split LSE | split O].
+  // Workspace, stream-ordered: [error flags when unchecked | rotated q | split LSE | split O].
   const bool rot = p.rotary_dim > 0 && p.seqlen_q > 0;
   const bool append = p.k_new != nullptr && p.seqlen_new > 0;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
@@ -763,14 +875,25 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                                               pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
-  a.err = reinterpret_cast<int*>(ws);
+  KvErrSlot slot;
+  if (check) {
+    const Status sst = kv_err_acquire(&slot);
+    if (!sst.ok()) {
+      (void)cudaFreeAsync(ws, stream);
+      return sst;
+    }
+    for (int i = 0; i < kKvErrSlots; ++i) slot.host[i] = 0;  // the previous user synchronised
+    a.err = slot.device;
+  } else {
+    a.err = reinterpret_cast<int*>(ws);  // written on error only, never read
+  }
+  const bool pdl = kv_pdl_enabled(dev);
   T* q_rot = rot ? reinterpret_cast<T*>(ws + 256) : nullptr;
   if (nsplit > 1) {
     a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
     a.o_acc = reinterpret_cast<float*>(ws + 256 + q_bytes + lse_bytes);
   }
   Status st = [&]() -> Status {
-    FLASHPLUS_GPU_CHECK(cudaMemsetAsync(a.err, 0, sizeof(int), stream));
     if (append || rot) {
       const int64_t items = (append ? static_cast<int64_t>(p.seqlen_new) * p.nheads_k : 0) +
                             (rot ? static_cast<int64_t>(p.seqlen_q) * p.nheads : 0);
@@ -786,22 +909,25 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
       p.q_stride = {static_cast<int64_t>(p.seqlen_q) * p.nheads * p.head_dim,
                     static_cast<int64_t>(p.nheads) * p.head_dim, p.head_dim};
     }
-    FLASHPLUS_RETURN_IF_ERROR(launch(p, a, stream));
+    FLASHPLUS_RETURN_IF_ERROR(launch(p, a, stream, pdl));
     if (nsplit > 1) {
       if (rows > 0x7fffffffLL) return Status::Unsupported("kvcache: combine grid too large");
-      kv_combine_kernel<T><<<static_cast<unsigned>(rows), kCombineThreads, 0, stream>>>(p, a);
-      FLASHPLUS_GPU_CHECK_LAUNCH("kv_combine_kernel");
+      FLASHPLUS_GPU_CHECK(kv_launch(kv_combine_kernel<T>, dim3(static_cast<unsigned>(rows)),
+                                    kCombineThreads, 0, stream, pdl, p, a));
     }
     return Status::Ok();
   }();
-  int err = 0;
-  // Pageable destination: the copy returns once it (and everything before it) has finished.
-  const cudaError_t ce = st.ok() && check ? cudaMemcpyAsync(&err, a.err, sizeof(int),
-                                                            cudaMemcpyDeviceToHost, stream)
-                                          : cudaSuccess;
   const cudaError_t fe = cudaFreeAsync(ws, stream);
-  if (!st.ok()) return st;
-  if (ce != cudaSuccess) return platform::gpu_status(ce, "kvcache: reading the error word back");
+  if (!st.ok()) return st;  // a checked call's slot is dropped: its kernels may still run
+  int err = 0;
+  if (check) {
+    const cudaError_t ce = cudaStreamSynchronize(stream);
+    if (ce != cudaSuccess) return platform::gpu_status(ce, "kvcache: waiting for the error flags");
+    const volatile int* h = slot.host;
+    for (int i = 0; i < kKvErrSlots; ++i)
+      if (h[i]) err |= 1 << i;
+    kv_err_release(slot);
+  }
   if (fe != cudaSuccess) return platform::gpu_status(fe, "cudaFreeAsync(workspace)");
   if (used) *used = ran;
   return kvcache_error_status(err);
