@@ -466,12 +466,8 @@ void emulate_bwd(const std::vector<Problem>& hs, const std::vector<BwdInputs>& i
 
   for (int n_block = 0; n_block * BN < sk; ++n_block) {
     const int n0 = n_block * BN, rows_k = std::min(BN, sk - n0);
-    int i_min = 0, i_max = sq - 1;
-    if (p.has_window()) {
-      const int off = sk - sq;
-      i_min = std::max(i_min, n0 - off - p.window_right);
-      i_max = std::min(i_max, n0 + rows_k - 1 - off + p.window_left);
-    }
+    int i_min, i_max;
+    p.query_range(n0, n0 + rows_k, &i_min, &i_max);
     if (i_min > i_max) {
       for (int r = 0; r < rows_k; ++r)
         for (int d = 0; d < head_dim; ++d) {

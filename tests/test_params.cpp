@@ -242,6 +242,41 @@ TEST_CASE("window canonicalisation follows upstream (API.md 2.3)", "[params]") {
   }
 }
 
+TEST_CASE("query_range is key_range solved for the query rows", "[params]") {
+  // Row i is in query_range(j0, j1) exactly when key_range(i) meets [j0, j1), for every key block
+  // inside [0, sk) (the backward kernels visit only those rows).
+  for (int sq : {1, 4, 9}) {
+    for (int sk : {1, 6, 13}) {
+      for (int wl : {-1, 0, 3}) {
+        for (int wr : {-1, 0, 2}) {
+          for (bool causal : {false, true}) {
+            if (sq > sk + 1) continue;
+            auto w = detail::canonicalize_window(sq, sk, causal, wl, wr, false);
+            AttnParams p;
+            p.seqlen_q = sq;
+            p.seqlen_k = sk;
+            p.window_left = w.left;
+            p.window_right = w.right;
+            for (int j0 = 0; j0 < sk; ++j0)
+              for (int j1 = j0 + 1; j1 <= sk; ++j1) {
+                int ilo, ihi;
+                p.query_range(j0, j1, &ilo, &ihi);
+                for (int i = 0; i < sq; ++i) {
+                  int lo, hi;
+                  p.key_range(i, &lo, &hi);
+                  const bool meets = std::max(lo, j0) < std::min(hi, j1);
+                  INFO("sq=" << sq << " sk=" << sk << " wl=" << wl << " wr=" << wr << " causal="
+                             << causal << " [" << j0 << "," << j1 << ") i=" << i);
+                  CHECK(meets == (i >= ilo && i <= ihi));
+                }
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("key_range matches the visibility rule", "[params]") {
   // Brute force the literal rule of API.md 2.3 against AttnParams::key_range after
   // canonicalisation, for cases where both agree (Sq <= Sk* + 1).

@@ -179,12 +179,8 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
               static_cast<int64_t>(n0) * p.dv_stride.row;
 
   // Query rows that see any key of this block (API.md §2.3, solved for i).
-  int i_min = 0, i_max = p.seqlen_q - 1;
-  if (p.has_window()) {
-    const int off = p.seqlen_k - p.seqlen_q;
-    i_min = max(i_min, n0 - off - p.window_right);
-    i_max = min(i_max, n0 + rows_k - 1 - off + p.window_left);
-  }
+  int i_min, i_max;
+  p.query_range(n0, n0 + rows_k, &i_min, &i_max);
   if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
     for (int c = tid; c < rows_k * dchunks; c += kThreads) {
       const int r = c / dchunks, ch = c % dchunks;

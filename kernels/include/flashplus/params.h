@@ -175,6 +175,20 @@ struct AttnParams {
     *hi = h;
   }
 
+  // Query rows [*i_lo, *i_hi] (inclusive; empty when *i_lo > *i_hi) that see any key of
+  // [j0, j1): key_range solved for i, fixed-length sizes. The backward kernels visit only these.
+  FLASHPLUS_HD void query_range(int j0, int j1, int* i_lo, int* i_hi) const {
+    int lo = 0, hi = seqlen_q - 1;
+    if (window_left >= 0) {
+      const int off = seqlen_k - seqlen_q;
+      const int a = j0 - off - window_right, z = j1 - 1 - off + window_left;
+      lo = a > lo ? a : lo;
+      hi = z < hi ? z : hi;
+    }
+    *i_lo = lo;
+    *i_hi = hi;
+  }
+
   // ---- per-sequence geometry (fixed length, varlen and kv cache alike) ----------------------
   FLASHPLUS_HD bool is_varlen() const { return cu_seqlens_q != nullptr; }
   FLASHPLUS_HD int leftpad(int b) const { return cache_leftpad ? cache_leftpad[b] : 0; }
