@@ -1,7 +1,9 @@
 // Every argument error is reported once, at the API boundary, with a message — never a crash.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -242,73 +244,69 @@ TEST_CASE("window canonicalisation follows upstream (API.md 2.3)", "[params]") {
   }
 }
 
-TEST_CASE("query_range is key_range solved for the query rows", "[params]") {
-  // Row i is in query_range(j0, j1) exactly when key_range(i) meets [j0, j1), for every key block
-  // inside [0, sk) (the backward kernels visit only those rows).
-  for (int sq : {1, 4, 9}) {
-    for (int sk : {1, 6, 13}) {
-      for (int wl : {-1, 0, 3}) {
-        for (int wr : {-1, 0, 2}) {
+// One AttnParams per (sq, sk, window, causal) mask case with Sq <= Sk* + 1 (where the literal
+// rule of API.md 2.3 and the canonicalised window agree), the window canonicalised as the API
+// does. f(p, window_left as passed, effective window_right (0 when causal)).
+namespace {
+template <class F>
+void for_each_mask_case(std::initializer_list<int> sqs, std::initializer_list<int> sks,
+                        std::initializer_list<int> wls, std::initializer_list<int> wrs, F&& f) {
+  for (int sq : sqs)
+    for (int sk : sks)
+      for (int wl : wls)
+        for (int wr : wrs)
           for (bool causal : {false, true}) {
             if (sq > sk + 1) continue;
-            auto w = detail::canonicalize_window(sq, sk, causal, wl, wr, false);
+            const auto w = detail::canonicalize_window(sq, sk, causal, wl, wr, false);
             AttnParams p;
             p.seqlen_q = sq;
             p.seqlen_k = sk;
             p.window_left = w.left;
             p.window_right = w.right;
-            for (int j0 = 0; j0 < sk; ++j0)
-              for (int j1 = j0 + 1; j1 <= sk; ++j1) {
-                int ilo, ihi;
-                p.query_range(j0, j1, &ilo, &ihi);
-                for (int i = 0; i < sq; ++i) {
-                  int lo, hi;
-                  p.key_range(i, &lo, &hi);
-                  const bool meets = std::max(lo, j0) < std::min(hi, j1);
-                  INFO("sq=" << sq << " sk=" << sk << " wl=" << wl << " wr=" << wr << " causal="
-                             << causal << " [" << j0 << "," << j1 << ") i=" << i);
-                  CHECK(meets == (i >= ilo && i <= ihi));
-                }
-              }
+            INFO("sq=" << sq << " sk=" << sk << " wl=" << wl << " wr=" << wr
+                       << " causal=" << causal);
+            f(p, wl, causal ? 0 : wr);
           }
+}
+
+}  // namespace
+
+TEST_CASE("query_range is key_range solved for the query rows", "[params]") {
+  // Row i is in query_range(j0, j1) exactly when key_range(i) meets [j0, j1), for every key block
+  // inside [0, sk) (the backward kernels visit only those rows).
+  for_each_mask_case({1, 4, 9}, {1, 6, 13}, {-1, 0, 3}, {-1, 0, 2},
+                     [](const AttnParams& p, int, int) {
+    for (int j0 = 0; j0 < p.seqlen_k; ++j0)
+      for (int j1 = j0 + 1; j1 <= p.seqlen_k; ++j1) {
+        int ilo, ihi;
+        p.query_range(j0, j1, &ilo, &ihi);
+        for (int i = 0; i < p.seqlen_q; ++i) {
+          int lo, hi;
+          p.key_range(i, &lo, &hi);
+          const bool meets = std::max(lo, j0) < std::min(hi, j1);
+          INFO("[" << j0 << "," << j1 << ") i=" << i);
+          CHECK(meets == (i >= ilo && i <= ihi));
         }
       }
-    }
-  }
+  });
 }
 
 TEST_CASE("key_range matches the visibility rule", "[params]") {
   // Brute force the literal rule of API.md 2.3 against AttnParams::key_range after
-  // canonicalisation, for cases where both agree (Sq <= Sk* + 1).
-  for (int sq : {1, 3, 7}) {
-    for (int sk : {0, 1, 5, 8}) {
-      for (int wl : {-1, 0, 2}) {
-        for (int wr : {-1, 0, 3}) {
-          for (bool causal : {false, true}) {
-            if (sq > sk + 1) continue;
-            auto w = detail::canonicalize_window(sq, sk, causal, wl, wr, false);
-            AttnParams p;
-            p.seqlen_q = sq;
-            p.seqlen_k = sk;
-            p.window_left = w.left;
-            p.window_right = w.right;
-            const int wr_eff = causal ? 0 : wr;
-            for (int i = 0; i < sq; ++i) {
-              int lo, hi;
-              p.key_range(i, &lo, &hi);
-              for (int j = 0; j < sk; ++j) {
-                const int off = sk - sq;
-                bool vis = true;
-                if (wl >= 0 && j < i + off - wl) vis = false;
-                if (wr_eff >= 0 && j > i + off + wr_eff) vis = false;
-                INFO("sq=" << sq << " sk=" << sk << " wl=" << wl << " wr=" << wr
-                           << " causal=" << causal << " i=" << i << " j=" << j);
-                CHECK(vis == (j >= lo && j < hi));
-              }
-            }
-          }
-        }
+  // canonicalisation.
+  for_each_mask_case({1, 3, 7}, {0, 1, 5, 8}, {-1, 0, 2}, {-1, 0, 3},
+                     [](const AttnParams& p, int wl, int wr_eff) {
+    const int sq = p.seqlen_q, sk = p.seqlen_k, off = sk - sq;
+    for (int i = 0; i < sq; ++i) {
+      int lo, hi;
+      p.key_range(i, &lo, &hi);
+      for (int j = 0; j < sk; ++j) {
+        bool vis = true;
+        if (wl >= 0 && j < i + off - wl) vis = false;
+        if (wr_eff >= 0 && j > i + off + wr_eff) vis = false;
+        INFO("i=" << i << " j=" << j);
+        CHECK(vis == (j >= lo && j < hi));
       }
     }
-  }
+  });
 }
