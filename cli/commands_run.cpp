@@ -317,6 +317,29 @@ struct Results {
   }
 };
 
+// return_softmax's S_dmask (--s-dmask): (B, H, round128(rows), round128(cols)) in storage type t
+// on the device, downloaded into the results with the other outputs. Empty path: not requested.
+struct DmaskOutput {
+  DmaskOutput(const std::string& path, Backend be, DType t, DeviceKind dk, int64_t B, int64_t H,
+              int64_t rows, int64_t cols)
+      : path(path), t(t), shape{B, H, (rows + 127) / 128 * 128, (cols + 127) / 128 * 128},
+        buf(be, path.empty() ? 0 : static_cast<size_t>(numel()) * dtype_size(t)), dk(dk) {}
+  bool wanted() const { return !path.empty(); }
+  int64_t numel() const { return shape[0] * shape[1] * shape[2] * shape[3]; }
+  std::optional<TensorView> view() const {
+    if (!wanted()) return std::nullopt;
+    return TensorView::contiguous(buf.get(), t, {shape[0], shape[1], shape[2], shape[3]}, dk);
+  }
+  void add_to(Results* res) const {
+    if (wanted()) res->add(path, download_as_float(buf, t, static_cast<size_t>(numel())), shape);
+  }
+  std::string path;
+  DType t;
+  std::vector<int64_t> shape;
+  DeviceBuffer buf;
+  DeviceKind dk;
+};
+
 std::optional<NpyArray> read_alibi(const std::string& path, int64_t B, int64_t H) {
   if (path.empty()) return std::nullopt;
   NpyArray s = read_npy(path);
@@ -477,27 +500,17 @@ int run_npy_dense(const RunArgs& a) {
   const TensorView qv = view4(qd, t, B, SQ, H, D, dk), kv = view4(kd, t, B, SK, HK, D, dk),
                    vv = view4(vd, t, B, SK, HK, D, dk), ov = view4(od, t, B, SQ, H, D, dk);
   const TensorView lv = TensorView::contiguous(ld.get(), DType::f32, {B, H, SQ}, dk);
-  // return_softmax: S_dmask (B, H, round128(SQ), round128(SK)).
-  const int64_t MR = (SQ + 127) / 128 * 128, MC = (SK + 127) / 128 * 128;
-  const bool want_dmask = !a.s_dmask.empty();
-  DeviceBuffer md(be, want_dmask ? static_cast<size_t>(B * H * MR * MC) * dtype_size(t) : 0);
+  const DmaskOutput dmask(a.s_dmask, be, t, dk, B, H, SQ, SK);
   runtime::Timer timer(be);
   timer.start();
-  if (want_dmask)
-    throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
-                           c.cap, true, TensorView::contiguous(md.get(), t, {B, H, MR, MC}, dk),
-                           c.ro));
-  else
-    throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
-                           c.cap, false, c.ro));
+  throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, c.p_dropout, c.scale, a.causal, c.wl, c.wr,
+                         c.cap, dmask.wanted(), dmask.view(), c.ro));
   double ms = timer.stop_ms();
 
   Results res;  // nothing is written unless everything below succeeds
   res.add(a.out, download_as_float(od, t, q.data.size()), q.shape);
   res.add(a.lse, download_as_float(ld, DType::f32, static_cast<size_t>(B * H * SQ)), {B, H, SQ});
-  if (want_dmask)
-    res.add(a.s_dmask, download_as_float(md, t, static_cast<size_t>(B * H * MR * MC)),
-            {B, H, MR, MC});
+  dmask.add_to(&res);
   if (bwd) {
     DeviceBuffer dod = upload_as(be, t, dout->data);
     DeviceBuffer dqd(be, qd.size()), dkd(be, kd.size()), dvd(be, vd.size());
@@ -605,27 +618,17 @@ int run_npy_varlen(const RunArgs& a) {
   const TensorView lv = TensorView::contiguous(ld.get(), DType::f32, {H, TQ}, dk);
   const int splits = a.num_splits >= 0 ? a.num_splits : 0;
   // zero_tensors: rows no sequence covers read out = 0, lse = -inf (and dq/dk/dv = 0), not garbage.
-  const int64_t MR = (max_q + 127) / 128 * 128, MC = (max_k + 127) / 128 * 128;
-  const bool want_dmask = !a.s_dmask.empty();
-  DeviceBuffer md(be, want_dmask ? static_cast<size_t>(B * H * MR * MC) * dtype_size(t) : 0);
+  const DmaskOutput dmask(a.s_dmask, be, t, dk, B, H, max_q, max_k);
   runtime::Timer timer(be);
   timer.start();
-  if (want_dmask)
-    throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt,
-                                  std::nullopt, alibi, max_q, max_k, c.p_dropout, c.scale, true,
-                                  a.causal, c.wl, c.wr, c.cap, true, splits,
-                                  TensorView::contiguous(md.get(), t, {B, H, MR, MC}, dk), c.ro));
-  else
-    throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt,
-                                  std::nullopt, alibi, max_q, max_k, c.p_dropout, c.scale, true,
-                                  a.causal, c.wl, c.wr, c.cap, false, splits, c.ro));
+  throw_if_error(mha_varlen_fwd(qv, kv, vv, ov, lv, cuqv, cukv, usedv, std::nullopt, std::nullopt,
+                                alibi, max_q, max_k, c.p_dropout, c.scale, true, a.causal, c.wl,
+                                c.wr, c.cap, dmask.wanted(), splits, dmask.view(), c.ro));
   double ms = timer.stop_ms();
   Results res;
   res.add(a.out, download_as_float(od, t, q.data.size()), q.shape);
   res.add(a.lse, download_as_float(ld, DType::f32, static_cast<size_t>(H * TQ)), {H, TQ});
-  if (want_dmask)
-    res.add(a.s_dmask, download_as_float(md, t, static_cast<size_t>(B * H * MR * MC)),
-            {B, H, MR, MC});
+  dmask.add_to(&res);
   if (bwd) {
     DeviceBuffer dod = upload_as(be, t, dout->data);
     DeviceBuffer dqd(be, qd.size()), dkd(be, kd.size()), dvd(be, vd.size());

@@ -180,7 +180,7 @@ Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, co
                const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
                float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
                int window_size_right, float softcap, bool return_softmax,
-               const TensorView& s_dmask, const RunOptions& opts) {
+               const std::optional<TensorView>& s_dmask, const RunOptions& opts) {
   return fwd_impl(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
                   window_size_left, window_size_right, softcap, return_softmax, s_dmask, opts);
 }
@@ -229,7 +229,8 @@ Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView
                       const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
-                      bool return_softmax, int num_splits, const TensorView& s_dmask,
+                      bool return_softmax, int num_splits,
+                      const std::optional<TensorView>& s_dmask,
                       const RunOptions& opts) {
   return varlen_fwd_impl(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
                          leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,

@@ -59,7 +59,7 @@ Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, co
                const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
                float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
                int window_size_right, float softcap, bool return_softmax,
-               const TensorView& s_dmask, const RunOptions& opts = {});
+               const std::optional<TensorView>& s_dmask, const RunOptions& opts = {});
 
 // Backward. dout, out like q; softmax_lse as the forward wrote it; dq like q; dk, dv like k
 // (summed over the query heads sharing each kv head). softmax_d, if given: fp32 (b, h, sq),
@@ -113,7 +113,8 @@ Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView
                       const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
-                      bool return_softmax, int num_splits, const TensorView& s_dmask,
+                      bool return_softmax, int num_splits,
+                      const std::optional<TensorView>& s_dmask,
                       const RunOptions& opts = {});
 
 // Backward of mha_varlen_fwd. dout, out, dq like q; dk, dv like k; softmax_lse (h, total_q) as
