@@ -244,7 +244,7 @@ std::vector<double> rounded(const std::vector<float>& v, DType t) {
   return out;
 }
 
-// ---- shared pieces of the varlen and kvcache runners ---------------------------------------
+// ---- shared pieces of the case runners --------------------------------------------------------
 
 struct Outcomes {
   CaseResult& r;
@@ -667,27 +667,7 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
   set_ref_dropout(p_drop, ro, &p);
   const std::vector<double> qd = rounded(q, t), kd = rounded(k, t), vd = rounded(v, t);
 
-  auto problem = [&](const std::string& m) { r.problems.push_back(m); };
-  auto finish = [&]() {
-    bool ok = r.problems.empty();
-    for (const auto& ch : r.checks) ok = ok && ch.check.pass;
-    if (!r.unsupported.empty() && r.problems.empty())
-      r.outcome = Outcome::unsupported;
-    else if (!c.known_failure.empty())
-      r.outcome = ok ? Outcome::xpass : Outcome::xfail;
-    else
-      r.outcome = ok ? Outcome::pass : Outcome::fail;
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return r;
-  };
-  auto handle_status = [&](const Status& st, const char* fn) {
-    if (st.ok()) return true;
-    if (st.code() == StatusCode::unsupported || st.code() == StatusCode::no_instance)
-      r.unsupported = fmt::format("{}: {}", fn, st.to_string());
-    else
-      problem(fmt::format("{}: {}", fn, st.to_string()));
-    return false;
-  };
+  Outcomes oc{r, c, t0};
 
   // ---- forward ------------------------------------------------------------------------------
   Guarded out(be, t, {B, SQ, H, D});
@@ -696,11 +676,10 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
       mha_fwd(qv, kv, vv, out.view(dk), lse.view(dk), alibi, p_drop, static_cast<float>(c.scale),
               c.causal, c.window_left, c.window_right, static_cast<float>(c.softcap), false,
               forward_options(ro, c));
-  if (!handle_status(fst, "mha_fwd")) return finish();
+  if (!oc.status(fst, "mha_fwd")) return oc.finish();
   throw_if_error(runtime::synchronize(be));
   for (auto* g : {&out, &lse}) {
-    const std::string m = g->fetch(g == &out ? "out" : "lse");
-    if (!m.empty()) problem(m);
+    oc.fetch(*g, g == &out ? "out" : "lse");
   }
   {
     const ref::FwdResult ex = ref::forward(p, qd, kd, vd);
@@ -717,16 +696,15 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
                               static_cast<float>(c.scale), c.causal, c.window_left,
                               c.window_right, static_cast<float>(c.softcap), true, sdm.view(dk),
                               forward_options(ro, c));
-    if (!handle_status(st, "mha_fwd(return_softmax)")) return finish();
+    if (!oc.status(st, "mha_fwd(return_softmax)")) return oc.finish();
     throw_if_error(runtime::synchronize(be));
-    const std::string m = sdm.fetch("s_dmask");
-    if (!m.empty()) problem(m);
+    oc.fetch(sdm, "s_dmask");
     ref::Problem pp = p;
     pp.want_probs = true;
     const ref::FwdResult ex = ref::forward(pp, qd, kd, vd);
     r.checks.push_back({"s_dmask", check_dmask(ex.probs, sdm.values(), B, H, SQ, SK, MR, MC, t)});
   }
-  if (!c.bwd) return finish();
+  if (!c.bwd) return oc.finish();
 
   // ---- backward (from the kernel's own out and lse, as a training step would) ----------------
   const std::vector<float> dout = gen("dout", B * SQ * H * D);
@@ -741,18 +719,17 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
         mha_bwd(doutv, qv, kv, vv, out.view(dk), lse.view(dk), dq.view(dk), dkk.view(dk),
                 dv.view(dk), alibi, p_drop, static_cast<float>(c.scale), c.causal, c.window_left,
                 c.window_right, static_cast<float>(c.softcap), c.deterministic, std::nullopt, ro);
-    if (!handle_status(st, "mha_bwd")) return false;
+    if (!oc.status(st, "mha_bwd")) return false;
     throw_if_error(runtime::synchronize(be));
     const char* names[] = {"dq", "dk", "dv"};
     Guarded* gs[] = {&dq, &dkk, &dv};
     for (int i = 0; i < 3; ++i) {
-      const std::string m = gs[i]->fetch(names[i]);
-      if (!m.empty()) problem(m);
+      oc.fetch(*gs[i], names[i]);
     }
     return true;
   };
   Guarded dq(be, t, {B, SQ, H, D}), dkg(be, t, {B, SK, HK, D}), dvg(be, t, {B, SK, HK, D});
-  if (!run_bwd(dq, dkg, dvg)) return finish();
+  if (!run_bwd(dq, dkg, dvg)) return oc.finish();
   {
     const std::vector<double> dod = rounded(dout, t);
     const ref::BwdResult ex = ref::backward(p, qd, kd, vd, dod);
@@ -766,10 +743,10 @@ CaseResult run_case(const Case& c, const VerifyOptions& o) {
     Guarded dq2(be, t, {B, SQ, H, D}), dk2(be, t, {B, SK, HK, D}), dv2(be, t, {B, SK, HK, D});
     if (run_bwd(dq2, dk2, dv2)) {
       if (!dq.same_interior(dq2) || !dkg.same_interior(dk2) || !dvg.same_interior(dv2))
-        problem("deterministic: a second backward gave different bits");
+        oc.problem("deterministic: a second backward gave different bits");
     }
   }
-  return finish();
+  return oc.finish();
 }
 
 }  // namespace flashplus::cli
