@@ -103,3 +103,21 @@ TEST_CASE("kv-cache device error word becomes an Invalid status naming the index
   CHECK(kvcache_error_status(kKvErrBatchIdx).message().find("cache_batch_idx") != std::string::npos);
   CHECK(kvcache_error_status(kKvErrLeftpad).message().find("cache_leftpad") != std::string::npos);
 }
+
+TEST_CASE("tile_selected: the default runs a family's first tile, a named tile its own",
+          "[gpu][tuning]") {
+  using flashplus::KernelConfig;
+  using flashplus::gpu::tile_selected;
+  const KernelConfig dflt{};
+  CHECK(tile_selected(dflt, 128, 64, 4, /*first=*/true));
+  CHECK_FALSE(tile_selected(dflt, 128, 64, 4, /*first=*/false));  // a later tile of the list
+  KernelConfig named{};
+  named.block_m = 64;
+  named.block_n = 128;
+  CHECK(tile_selected(named, 64, 128, 4, false));  // num_warps 0 = any
+  CHECK(tile_selected(named, 64, 128, 8, true));
+  CHECK_FALSE(tile_selected(named, 128, 64, 4, true));  // block_m/block_n swapped
+  named.num_warps = 8;
+  CHECK(tile_selected(named, 64, 128, 8, false));
+  CHECK_FALSE(tile_selected(named, 64, 128, 4, true));
+}

@@ -17,6 +17,16 @@ namespace flashplus::gpu {
 // 0 = the family's default.
 using KernelConfig = ::flashplus::KernelConfig;
 
+// Whether a family's compiled tile (bm, bn, nw) runs `cfg`: a named configuration matches on
+// block_m and block_n (num_warps 0 = any); the all-zero default runs the family's first tile
+// (`first`: no earlier tile of the bucket has been passed over). One rule for every family's
+// tile list (the launch_* functions walk their FLASHPLUS_*_TILES_* macros with it).
+inline bool tile_selected(const KernelConfig& cfg, int bm, int bn, int nw, bool first) {
+  const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;
+  return (is_default && first) ||
+         (cfg.block_m == bm && cfg.block_n == bn && (cfg.num_warps == nw || cfg.num_warps == 0));
+}
+
 // The GPU architecture the current device reports, e.g. 80, 86, 90 (NVIDIA) or 90a-as-900 (AMD
 // gfx90a -> 9010; see platform/arch.h).
 int current_arch(int device_index);

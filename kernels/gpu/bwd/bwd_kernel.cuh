@@ -755,9 +755,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
     bool gfirst = true;
 #define FLASHPLUS_BWD_GMMA_TRY(DD, BN, BM, NW)                                            \
   if constexpr (DD == D) {                                                                \
-    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
-    if ((is_default && gfirst) ||                                                         \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+    if (tile_selected(cfg, BM, BN, NW, gfirst))                                         \
       return launch_bwd_gmma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     gfirst = false;                                                                       \
   }
@@ -770,9 +768,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
   bool first = true;
 #define FLASHPLUS_BWD_TRY(DD, BN, BM, NW)                                                 \
   if constexpr (DD == D) {                                                                \
-    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
-    if ((is_default && first) ||                                                          \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+    if (tile_selected(cfg, BM, BN, NW, first))                                          \
       return launch_bwd_tile<T, DD, BN, BM, NW>(p, stream);                               \
     first = false;                                                                        \
   }

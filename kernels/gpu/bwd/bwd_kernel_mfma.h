@@ -358,9 +358,7 @@ Status launch_bwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
   // KernelConfig for the backward: block_n = keys per block, block_m = queries per step.
 #define FLASHPLUS_BWD_MFMA_TRY(DD, BN, BM, NW)                                            \
   if constexpr (DD == D) {                                                                \
-    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
-    if ((is_default && first) ||                                                          \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+    if (tile_selected(cfg, BM, BN, NW, first))                                          \
       return launch_bwd_mfma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     first = false;                                                                        \
   }

@@ -442,9 +442,7 @@ Status launch_fwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
   // retries the default.
 #define FLASHPLUS_FWD_TRY(DD, BM, BN, NW)                                                 \
   if constexpr (DD == D) {                                                                \
-    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
-    if ((is_default && first) ||                                                          \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) { \
+    if (tile_selected(cfg, BM, BN, NW, first)) {                                        \
       const bool var = p.is_varlen(), drop = p.has_dropout();                             \
       if (!var && !drop) return launch_fwd_tile<T, DD, BM, BN, NW, false, false>(p, stream); \
       if constexpr (is_default_fwd_tile(DD, BM, BN, NW)) {                                \

@@ -309,9 +309,7 @@ Status launch_fwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
   bool first = true;
 #define FLASHPLUS_FWD_MFMA_TRY(DD, BM, BN, NW)                                            \
   if constexpr (DD == D) {                                                                \
-    const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0;   \
-    if ((is_default && first) ||                                                          \
-        (cfg.block_m == BM && cfg.block_n == BN && (cfg.num_warps == NW || cfg.num_warps == 0))) \
+    if (tile_selected(cfg, BM, BN, NW, first))                                          \
       return launch_fwd_mfma_tile<T, DD, BM, BN, NW>(p, stream);                          \
     first = false;                                                                        \
   }
