@@ -175,6 +175,16 @@ __global__ void __launch_bounds__(NW * 32, 1)
       gmma_desc(sK_base + (dq_col0 / 64) * TileKV::kBlockBytes, TileKV::kBlockBytes, 1024);
   const int wtid = tid % 128;  // thread inside the warpgroup
   const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
+  // key_range as a band of j - i: row i sees key j < seqlen_k iff band_lo <= j - i < band_hi
+  // (the clamps of key_range to [0, seqlen_k] change nothing for 0 <= j < seqlen_k). Clamped to
+  // +-2^30 so that the per-iteration differences below stay in int.
+  int band_lo = -(1 << 30), band_hi = 1 << 30;
+  if (p.has_window()) {
+    const long long c = static_cast<long long>(p.seqlen_k) - p.seqlen_q;
+    const long long lo = c - p.window_left, hi = c + p.window_right + 1;
+    band_lo = static_cast<int>(lo < -(1 << 30) ? -(1 << 30) : lo > (1 << 30) ? (1 << 30) : lo);
+    band_hi = static_cast<int>(hi < -(1 << 30) ? -(1 << 30) : hi > (1 << 30) ? (1 << 30) : hi);
+  }
 
   // S^T (resp. dP^T) of the query block in buffer `qb`, one commit group each.
   auto issue_s = [&](float (&s)[kQT][4], int qb) {
@@ -277,8 +287,36 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const float* ds_s = sDs + buf * BM;
     // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative.
     uint32_t pP[BM / 16][4], pS[BM / 16][4];
-    // Two compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
-    // the block visible to every query row) without a branch per element, and the general one.
+    // Three compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
+    // the block visible to every query row) without a branch per element; masks without
+    // softcap/ALiBi (causal diagonal, windows, tile edges: one compare pair per element against
+    // the band, no key_range per row); and the general one.
+    auto scores_to_p_masked = [&]() {
+      // Element (nt, r, c): j - i = dbase + 8r - 8nt - c, i - m0 = 8nt + 2t + c, j - n0 = ...
+      const int dbase = key_r0 - m0 - 2 * t;
+      const int lo_k = band_lo - dbase, hi_k = band_hi - dbase;  // visible: lo_k <= k < hi_k
+      const int rows_left = p.seqlen_q - m0 - 2 * t;              // i < sq: 8nt + c < rows_left
+      const int keys_left = p.seqlen_k - key_r0;                   // j < sk: 8r < keys_left
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt) {
+        float lse2[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) lse2[c] = lse_s[nt * 8 + 2 * t + c] * prim::kLog2e;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float pv[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int k = 8 * r - 8 * nt - c;
+            const bool vis = k >= lo_k && k < hi_k && 8 * nt + c < rows_left && 8 * r < keys_left;
+            const float v = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
+            pv[c] = vis ? v : 0.f;
+          }
+          pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+          pS[nt / 2][(nt % 2) * 2 + r] = pP[nt / 2][(nt % 2) * 2 + r];
+        }
+      }
+    };
     auto scores_to_p = [&](auto fast_c) {
       constexpr bool kFast = decltype(fast_c)::value;
 #pragma unroll
@@ -320,6 +358,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
       }
     };
     if (plain && full_tile) scores_to_p(std::true_type{});
+    else if (plain) scores_to_p_masked();
     else scores_to_p(std::false_type{});
 
     // ---- dV += P^T dO ----
@@ -373,26 +412,23 @@ __global__ void __launch_bounds__(NW * 32, 1)
     fence_proxy_async();                       // dS^T stores, cp.async data -> wgmma operands
     __syncthreads();
   }
-  if constexpr (!kDet) {
-    float acc_dq[8][4];
-    issue_dq(acc_dq, (n_iters - 1) & 1);
-    gmma_wait<0>();
-    gmma_reg_fence(acc_dq);
-    stage_dq(acc_dq, n_iters - 1);
-    if (wtid < 64) bulk_wait();
-  }
-  prim::cp_async_wait<0>();
-  __syncthreads();  // all products are done with sK/sV: reuse them to stage dK/dV
-
-  // ---- epilogue: dK (scaled), dV -> shared -> 16-byte stores ----
+  // ---- epilogue: the last dQ product runs while dK (scaled) and dV go out through shared
+  // memory. Staging in the Q / dO buffers (each 2 * TileQ >= TileKV bytes), which nothing reads
+  // any more: the last iteration's products are complete and no load is in flight, and the dQ
+  // product reads only dS^T and K.
+  [[maybe_unused]] float acc_dq[8][4];
+  if constexpr (!kDet) issue_dq(acc_dq, (n_iters - 1) & 1);
+  static_assert(2 * TileQ::kBytes >= TileKV::kBytes, "dK / dV staging in the Q / dO buffers");
+  T* sdK = sQ;
+  T* sdV = sdO;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int kr = warp * 16 + g + 8 * r;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
-      *reinterpret_cast<uint32_t*>(sK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
+      *reinterpret_cast<uint32_t*>(sdK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
           acc_dk[dt][2 * r] * p.softmax_scale, acc_dk[dt][2 * r + 1] * p.softmax_scale);
-      *reinterpret_cast<uint32_t*>(sV + TileKV::offset(kr, dt * 8 + 2 * t)) =
+      *reinterpret_cast<uint32_t*>(sdV + TileKV::offset(kr, dt * 8 + 2 * t)) =
           prim::Elem<T>::pack(acc_dv[dt][2 * r], acc_dv[dt][2 * r + 1]);
     }
   }
@@ -403,10 +439,19 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const int r = c / (D / 8), ch = c % (D / 8);
     if (r < rows_k && ch < dchunks) {
       *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) =
-          *reinterpret_cast<const uint4*>(sK + TileKV::offset(r, ch * 8));
+          *reinterpret_cast<const uint4*>(sdK + TileKV::offset(r, ch * 8));
       *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) =
-          *reinterpret_cast<const uint4*>(sV + TileKV::offset(r, ch * 8));
+          *reinterpret_cast<const uint4*>(sdV + TileKV::offset(r, ch * 8));
     }
+  }
+  if constexpr (!kDet) {
+    gmma_wait<0>();
+    gmma_reg_fence(acc_dq);
+    stage_dq(acc_dq, n_iters - 1);
+    // Only the shared-memory reads must finish before the block exits (its shared memory goes to
+    // the next block); the reductions complete before the grid does, so bwd_convert_dq sees
+    // them. Waiting for their completion here cost about 1 us per block.
+    if (wtid < 64) bulk_wait_read();
   }
 #else
   (void)p;
