@@ -246,23 +246,32 @@ __global__ void __launch_bounds__(NW * 32, 1)
   // of iteration it: it publishes dS^T(it) (both warpgroups' keys) and Q/dO(it+1). Iteration it
   // then starts dQ(it-1) and S^T(it) together, stages and bulk-reduces dQ(it-1) under S^T(it),
   // and issues dP^T(it) last (needed only at dS). Every product is waited for inside its
-  // iteration, and none is issued conditionally (at it = 0 the dQ product runs on the unused
-  // dS^T buffer and is dropped), which keeps ptxas from serializing the pipeline.
+  // iteration, and none is issued conditionally (at it = 0 either a separate instance of the
+  // body without the dQ product, kPeel below, or the dQ product runs on the unused dS^T buffer
+  // and is dropped), which keeps ptxas from serializing the pipeline.
   // Buffers: Q/dO/lse/Dsum and dS^T are double-buffered by it % 2; whatever an iteration's
   // products read is complete before that iteration's barrier.
   prim::cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();
 
-  for (int it = 0; it < n_iters; ++it) {
+  // kPeel: the first iteration is a separate instance of the body (kFirst): it has no dQ(it-1)
+  // to compute, and issuing none there (rather than a product on the unused dS^T buffer that is
+  // dropped) lets S^T(0) start at once; two instances instead of a conditional issue, which made
+  // ptxas serialize the wgmma pipeline. d64 only: +1-4% there, but at d128 the second instance
+  // raised the spills from 28 to 92 bytes and lost 3-5% (H100, same-run A/B, docs/PERF.md).
+  constexpr bool kPeel = D == 64 && !kDet;  // kDet has no dQ product: nothing to peel
+  auto iteration = [&](const int it, auto first_c) {
+    constexpr bool kFirst = decltype(first_c)::value;
     const int buf = it & 1;
-    float acc_dq[8][4], s[kQT][4], dp[kQT][4];
-    if constexpr (!kDet) issue_dq(acc_dq, buf ^ 1);
+    [[maybe_unused]] float acc_dq[8][4];
+    float s[kQT][4], dp[kQT][4];
+    if constexpr (!kDet && !kFirst) issue_dq(acc_dq, buf ^ 1);
     issue_s(s, buf);
-    if constexpr (!kDet) {
+    if constexpr (!kDet && !kFirst) {
       gmma_wait<1>();
       gmma_reg_fence(acc_dq);
-      if (it > 0) stage_dq(acc_dq, it - 1);
+      if (kPeel || it > 0) stage_dq(acc_dq, it - 1);
     }
     issue_dp(dp, buf);
     if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
@@ -411,6 +420,12 @@ __global__ void __launch_bounds__(NW * 32, 1)
     prim::cp_async_wait<0>();                  // Q/dO/lse/Dsum(it+1) landed (this thread's part)
     fence_proxy_async();                       // dS^T stores, cp.async data -> wgmma operands
     __syncthreads();
+  };
+  if constexpr (kPeel) {
+    iteration(0, std::true_type{});
+    for (int it = 1; it < n_iters; ++it) iteration(it, std::false_type{});
+  } else {
+    for (int it = 0; it < n_iters; ++it) iteration(it, std::false_type{});
   }
   // ---- epilogue: the last dQ product runs while dK (scaled) and dV go out through shared
   // memory. Staging in the Q / dO buffers (each 2 * TileQ >= TileKV bytes), which nothing reads
