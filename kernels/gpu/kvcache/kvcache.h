@@ -1,9 +1,12 @@
 // KV-cache decoding on the GPU (mha_fwd_kvcache): the host-side interface of kernels/gpu/kvcache.
 //
 // One call = up to three launches on the caller's stream:
-//   1. pre-pass (only with k_new or rotary): k_new/v_new appended into the cache in place at
+//   1. pre-pass (only with rotary, or an append the attention cannot take: FLASHPLUS_KVCACHE_FUSE=0,
+//      k_new/v_new rows not 16-byte aligned): k_new/v_new appended into the cache in place at
 //      logical positions cache_seqlens[b] .. + seqlen_new - 1 (k rotated there), q rotated at
-//      AttnParams::rotary_pos_q into a stream-ordered workspace the attention then reads;
+//      AttnParams::rotary_pos_q into a stream-ordered workspace the attention then reads; an
+//      append without rotary is otherwise done by the attention (new keys read from k_new, one
+//      block per (b, kv head) writes them into the cache);
 //   2. attention on tensor cores: one block per (query-row block, kv head, batch, split); the
 //      group's query heads are packed into the rows so the cache is read once per kv head;
 //   3. combine (num_splits > 1): the splits' fp32 partial O and LSE merged into out and lse.

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "flashplus/params.h"
@@ -51,6 +52,9 @@ struct KvArgs {
   float* o_acc = nullptr;    // (nsplit, batch, nheads, seqlen_q, head_dim) fp32, normalised
   float* lse_acc = nullptr;  // (nsplit, batch, nheads, seqlen_q) fp32; -inf = the split saw nothing
   int* err = nullptr;        // kKvErrSlots error flags (kv_report)
+  // Append fused into the attention (k_new without rotary, kv_fuse_append): the keys of the new
+  // tokens are read from k_new / v_new, and one block per (b, kv head) writes them into the cache.
+  int fuse_append = 0;
 };
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
@@ -97,6 +101,13 @@ struct KvTraits {
   static constexpr int kOPitch = D + 4;
   static constexpr int kMergeBytes = 2 * NW * kRows * 4 + NW * kRows * kOPitch * 4;
   static constexpr int kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  // Blocks per SM the shared memory allows on sm_90 (228 KiB, 1 KiB reserved per block); the
+  // register budget is capped to match (down to 168 per thread), so registers do not cost a
+  // block (decoding wants warps in flight per SM: docs/PERF.md "KV-cache decoding on the H100").
+  static constexpr int kSmemBlocks = 233472 / (kSmemBytes + 1024);
+  static constexpr int kRegBlocks = 65536 / (kThreads * 168);
+  static constexpr int kMinBlocks0 = kSmemBlocks < kRegBlocks ? kSmemBlocks : kRegBlocks;
+  static constexpr int kMinBlocks = kMinBlocks0 < 1 ? 1 : kMinBlocks0;
   static_assert(kKW % 16 == 0, "each warp needs whole k16 steps of keys");
   static_assert(D % 64 == 0, "the ldmatrix address trick needs rows of >= 128 bytes");
   static_assert(STAGES >= 2, "at least double buffering");
@@ -180,6 +191,8 @@ __device__ __forceinline__ float rotary_channel(const AttnParams& p, const T* x,
 }
 
 // ---- 1. pre-pass: append (k rotated) and rotate q ---------------------------------------------
+// Launched only with rotary or an append the attention cannot take (kv_run: a.fuse_append);
+// otherwise the attention reads the new keys from k_new and writes them into the cache.
 // One warp per row: items [0, seqlen_new * nheads_k) append token t = item / nheads_k of kv head
 // item % nheads_k; the next seqlen_q * nheads items (only when q_rot) rotate q row (i, h) into
 // q_rot (batch, seqlen_q, nheads, d) contiguous. blockIdx.y = sequence.
@@ -239,7 +252,7 @@ __device__ __forceinline__ float kv_alibi(const AttnParams& p, float slope, int 
 }
 
 template <typename T, int D, int BN, int NW, int STAGES>
-__global__ void __launch_bounds__(NW * 32)
+__global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlocks))
     kv_attn_kernel(const AttnParams p, const KvArgs a) {
 #if FLASHPLUS_HAS_MMA_SYNC
   using Tr = KvTraits<D, BN, NW, STAGES>;
@@ -264,6 +277,10 @@ __global__ void __launch_bounds__(NW * 32)
   int bad = 0;
   const int sk = checked_seqlen_k(p, b, &bad);
   const int lp = bad ? 0 : p.leftpad(b);
+  // Fused append: keys [jnew, sk) are the new tokens, read from k_new / v_new (never from the
+  // cache slots this call writes). sk >= seqlen_new whenever the indices were in range.
+  const int sn = a.fuse_append && !bad ? p.seqlen_new : 0;
+  const int jnew = sk - sn;
 
   // Visible keys of this thread's two accumulator rows (g, g + 8) and of the whole block
   // (key_range's bounds are non-decreasing in the token).
@@ -334,6 +351,14 @@ __global__ void __launch_bounds__(NW * 32)
   const int* bt = paged ? p.block_table + static_cast<int64_t>(b) * p.block_table_batch_stride
                         : nullptr;
   const int step_q = kRpi / page, step_w = kRpi % page;  // one row step in (page, slot)
+  // Pages of 16 keys (vLLM's default) inside a tile: a thread's row `it` lies in page
+  // it * kRpi / 16 of the tile at slot r0 + it * kRpi % 16, both known at compile time, so a tile
+  // needs BN / 16 table entries, not one per row, and a row costs the same adds as a contiguous one.
+  constexpr bool kPage16Ok = BN % 16 == 0 && 16 % kRpi == 0;
+  const bool page16 = kPage16Ok && paged && page == 16;
+  // The tile loader's address pattern, fixed per call: 0 contiguous, 1 a page holds the tile,
+  // 2 pages of 16, 3 one table entry per row.
+  const int layout = !paged ? 0 : page_holds_tile ? 1 : page16 ? 2 : 3;
   // Block-table entries of the next tile to load: [0] = the tile's page (page_holds_tile), else
   // one per row; -1 for rows at or beyond sk (never read: the table has no entry there).
   int nb[kIt];
@@ -342,6 +367,10 @@ __global__ void __launch_bounds__(NW * 32)
   auto fetch_table = [&](int n) {
     if (page_holds_tile) {
       nb[0] = n * BN < sk ? bt[n * BN / page] : -1;
+    } else if (page16) {
+#pragma unroll
+      for (int pi = 0; pi < BN / 16; ++pi)
+        nb[pi] = n * BN + pi * 16 < sk ? bt[n * (BN / 16) + pi] : -1;
     } else if (paged) {
       const int j0 = n * BN + r0;
       int q = j0 / page, w = j0 % page;
@@ -357,21 +386,34 @@ __global__ void __launch_bounds__(NW * 32)
       }
     }
   };
-  auto load_tile = [&](int n, int stage) {
+  const T* knew = nullptr;
+  const T* vnew = nullptr;
+  if (sn > 0) {
+    knew = static_cast<const T*>(p.k_new) + b * p.knew_stride.batch + hk * p.knew_stride.head;
+    vnew = static_cast<const T*>(p.v_new) + b * p.vnew_stride.batch + hk * p.vnew_stride.head;
+  }
+  // NEW: the tile holds keys of the new tokens (the last tile or two of the last split only), so
+  // the steady-state loop carries no test for them.
+  auto load_tile_impl = [&](int n, int stage, int n_next, auto new_rows, auto layout_c) {
+    constexpr bool NEW = decltype(new_rows)::value;
+    constexpr int L = decltype(layout_c)::value;
     const uint32_t sk_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
     const uint32_t sv_base = sk_base + TileKV::kBytes;
     const int jt = n * BN + r0;  // key of this thread's first row
     int64_t ko = 0, vo = 0;      // offsets of that row (contiguous / whole-tile page)
     bool tile_ok = true;
     int w = 0;                   // slot of the row in its page (pages smaller than a tile)
-    if (!paged) {
+    if constexpr (L == 0) {
       ko = k0 + jt * krow;
       vo = v0 + jt * vrow;
-    } else if (page_holds_tile) {
+    } else if constexpr (L == 1) {
       const int blk = nb[0], w0 = n * BN % page + r0;
       tile_ok = blk >= 0 && blk < p.num_blocks;
       ko = static_cast<int64_t>(blk) * kbs + static_cast<int64_t>(w0) * krow;
       vo = static_cast<int64_t>(blk) * vbs + static_cast<int64_t>(w0) * vrow;
+    } else if constexpr (L == 2) {
+      ko = static_cast<int64_t>(r0) * krow;  // slot r0 of the tile's pages
+      vo = static_cast<int64_t>(r0) * vrow;
     } else {
       w = jt % page;
     }
@@ -381,7 +423,13 @@ __global__ void __launch_bounds__(NW * 32)
       bool ok = j < sk && tile_ok;
       int64_t kr = ko + static_cast<int64_t>(it) * kRpi * krow;
       int64_t vr = vo + static_cast<int64_t>(it) * kRpi * vrow;
-      if (paged && !page_holds_tile) {
+      if constexpr (L == 2) {
+        const int blk = nb[it * kRpi / 16];
+        const int ws = it * kRpi % 16;
+        ok = ok && blk >= 0 && blk < p.num_blocks;
+        kr = static_cast<int64_t>(blk) * kbs + ko + ws * krow;
+        vr = static_cast<int64_t>(blk) * vbs + vo + ws * vrow;
+      } else if constexpr (L == 3) {
         const int blk = nb[it];
         ok = ok && blk >= 0 && blk < p.num_blocks;
         kr = static_cast<int64_t>(blk) * kbs + static_cast<int64_t>(w) * krow;
@@ -392,10 +440,40 @@ __global__ void __launch_bounds__(NW * 32)
       if (j < sk && !ok) bad |= kKvErrBlockTable;
       ok = ok && ch_ok;
       const uint32_t o = 2 * TileKV::offset(r, ch * 8);
-      prim::cp_async_16(sk_base + o, ok ? kbase + kr + ch * 8 : kbase, ok);
-      prim::cp_async_16(sv_base + o, ok ? vbase + vr + ch * 8 : vbase, ok);
+      const T* ks = ok ? kbase + kr + ch * 8 : kbase;
+      const T* vs = ok ? vbase + vr + ch * 8 : vbase;
+      if constexpr (NEW) {
+        if (j >= jnew && j < sk) {  // a new token: from k_new / v_new, not through the table
+          ok = ch_ok;
+          ks = ok ? knew + (j - jnew) * p.knew_stride.row + ch * 8 : kbase;
+          vs = ok ? vnew + (j - jnew) * p.vnew_stride.row + ch * 8 : vbase;
+        }
+      }
+      prim::cp_async_16(sk_base + o, ks, ok);
+      prim::cp_async_16(sv_base + o, vs, ok);
     }
-    if (n + 1 < t_end) fetch_table(n + 1);  // the next tile's entries, consumed one tile later
+    if (n_next >= 0) fetch_table(n_next);  // the next load's entries, consumed one load later
+  };
+  auto load_tile_new = [&](int n, int stage, int n_next, auto new_rows) {
+    using I0 = std::integral_constant<int, 0>;
+    using I1 = std::integral_constant<int, 1>;
+    using I2 = std::integral_constant<int, 2>;
+    using I3 = std::integral_constant<int, 3>;
+    switch (layout) {
+      case 0: load_tile_impl(n, stage, n_next, new_rows, I0{}); break;
+      case 1: load_tile_impl(n, stage, n_next, new_rows, I1{}); break;
+      case 2:
+        if constexpr (kPage16Ok) load_tile_impl(n, stage, n_next, new_rows, I2{});
+        break;
+      default: load_tile_impl(n, stage, n_next, new_rows, I3{}); break;
+    }
+  };
+  auto load_tile = [&](int n, int stage) {
+    const int n_next = n + 1 < t_end ? n + 1 : -1;
+    if (sn > 0 && (n + 1) * BN > jnew)
+      load_tile_new(n, stage, n_next, std::true_type{});
+    else
+      load_tile_new(n, stage, n_next, std::false_type{});
   };
 
   if (t_begin < t_end) fetch_table(t_begin);
@@ -403,6 +481,26 @@ __global__ void __launch_bounds__(NW * 32)
   for (int s = 0; s < STAGES - 1; ++s) {
     if (t_begin + s < t_end) load_tile(t_begin + s, s);
     prim::cp_async_commit();  // the first group also holds Q
+  }
+
+  // Fused append: the first row block of the last split writes the new tokens into the cache
+  // (the pre-pass's job when not fused; this call reads them from k_new, so no block waits).
+  if (sn > 0 && mb == 0 && split == a.nsplit - 1) {
+    const int cs = p.cache_seqlens[b];  // in range: checked_seqlen_k passed
+    for (int c = tid; c < sn * dchunks; c += kThreads) {
+      const int tt = c / dchunks, cc = (c % dchunks) * 8;
+      int64_t ko = 0, vo = 0;
+      if (!cache_slot(p, b, cs + tt, &ko, &vo)) {
+        bad |= kKvErrBlockTable;
+        continue;
+      }
+      T* kd = static_cast<T*>(p.kcache) + ko + hk * p.k_stride.head + cc;
+      T* vd = static_cast<T*>(p.vcache) + vo + hk * p.v_stride.head + cc;
+      *reinterpret_cast<uint4*>(kd) =
+          *reinterpret_cast<const uint4*>(knew + tt * p.knew_stride.row + cc);
+      *reinterpret_cast<uint4*>(vd) =
+          *reinterpret_cast<const uint4*>(vnew + tt * p.vnew_stride.row + cc);
+    }
   }
 
   const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
@@ -585,10 +683,11 @@ __global__ void __launch_bounds__(NW * 32)
 // spread over the block (the first version walked them serially in one warp: one dependent L2
 // round trip per split, ~87 us at 99 splits): thread s reads lse_s (nsplit <= 128), the block
 // reduces max and sum, then thread (group, chunk) sums splits group, group + groups, ... of
-// 4-channel chunk `chunk` four splits at a time (16-byte loads, four in flight), and the groups'
-// partial sums meet in shared memory.
+// 4-channel chunk `chunk` kCombineBatch splits at a time (16-byte loads, all in flight), and the
+// groups' partial sums meet in shared memory.
 constexpr int kCombineThreads = 128;
 constexpr int kMaxSplits = 128;
+constexpr int kCombineBatch = 16;  // split loads in flight per combine thread
 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnParams p, const KvArgs a) {
@@ -605,6 +704,27 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
   const int h = static_cast<int>((rid / p.seqlen_q) % p.nheads);
   const int b = static_cast<int>(rid / (static_cast<int64_t>(p.seqlen_q) * p.nheads));
   const int d = p.head_dim, ns = a.nsplit;
+
+  // head_dim is a multiple of 8 up to 256: 2..64 chunks of 4 channels, >= 2 groups. Thread
+  // (group, chunk) sums splits group, group + groups, ... of chunk `chunk`, kCombineBatch of them
+  // per batch of loads; the first batch is loaded before the LSE reduction (it does not depend on
+  // it), so up to 64 splits (d 128) cost one L2 round trip besides the LSE's.
+  const int nchunk = d / 4, groups = kCombineThreads / nchunk;
+  const int chunk = tid % nchunk, grp = tid / nchunk;
+  const float* base = a.o_acc + rid * d + chunk * 4;
+  const int64_t sstride = rows * d;
+  float4 x[kCombineBatch];
+  auto load_batch = [&](int s0) {
+#pragma unroll
+    for (int u = 0; u < kCombineBatch; ++u) {
+      const int su = s0 + u * groups;
+      // Every split writes every row of its blocks (O = 0 where it saw nothing), so the
+      // weight-0 pieces are finite; the guard only keeps reads inside the workspace.
+      x[u] = grp < groups && su < ns ? __ldcg(reinterpret_cast<const float4*>(base + su * sstride))
+                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load_batch(grp);
 
   const float ls = tid < ns ? a.lse_acc[tid * rows + rid] : -INFINITY;
   float m = ls;
@@ -626,31 +746,18 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
   if (tid < ns) s_w[tid] = m == -INFINITY ? 0.f : expf(ls - lse);
   __syncthreads();
 
-  // head_dim is a multiple of 8 up to 256: 2..64 chunks of 4 channels, >= 2 groups.
-  const int nchunk = d / 4, groups = kCombineThreads / nchunk;
-  const int chunk = tid % nchunk, grp = tid / nchunk;
   float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
   if (grp < groups && m != -INFINITY) {
-    const float* base = a.o_acc + rid * d + chunk * 4;
-    const int64_t sstride = rows * d;
-    for (int s = grp; s < ns; s += 4 * groups) {
-      float4 x[4];
-      float w[4];
+    for (int s = grp; s < ns; s += kCombineBatch * groups) {
+      if (s != grp) load_batch(s);
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kCombineBatch; ++u) {
         const int su = s + u * groups;
-        // Every split writes every row of its blocks (O = 0 where it saw nothing), so the
-        // weight-0 pieces are finite; the guard only keeps reads inside the workspace.
-        x[u] = su < ns ? __ldcg(reinterpret_cast<const float4*>(base + su * sstride))
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
-        w[u] = su < ns ? s_w[su] : 0.f;
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        o.x = fmaf(w[u], x[u].x, o.x);
-        o.y = fmaf(w[u], x[u].y, o.y);
-        o.z = fmaf(w[u], x[u].z, o.z);
-        o.w = fmaf(w[u], x[u].w, o.w);
+        const float w = su < ns ? s_w[su] : 0.f;
+        o.x = fmaf(w, x[u].x, o.x);
+        o.y = fmaf(w, x[u].y, o.y);
+        o.z = fmaf(w, x[u].z, o.z);
+        o.w = fmaf(w, x[u].w, o.w);
       }
     }
   }
@@ -751,6 +858,16 @@ inline bool kv_pdl_enabled(const DeviceInfo& dev) {
     return e == nullptr || e[0] != '0';
   }();
   return env && dev.arch >= 90 && dev.arch < 1000;
+}
+
+// FLASHPLUS_KVCACHE_FUSE=0 keeps the append in the pre-pass kernel (for A/B measurements);
+// default: an append without rotary is done by the attention kernel (one launch fewer).
+inline bool kv_fuse_enabled() {
+  static const bool env = [] {
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_FUSE");
+    return e == nullptr || e[0] != '0';
+  }();
+  return env;
 }
 
 template <typename T, int D, int BN, int NW, int STAGES>
@@ -888,13 +1005,22 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     a.err = reinterpret_cast<int*>(ws);  // written on error only, never read
   }
   const bool pdl = kv_pdl_enabled(dev);
+  // The append rides on the attention when there is one to ride on (rows > 0), k is not rotated
+  // (the rotated key would have to be computed by every block that reads it) and the new rows
+  // allow 16-byte copies.
+  const auto rows16 = [](const void* ptr, const Strides3& st) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.row % 8 == 0 && st.head % 8 == 0 &&
+           st.batch % 8 == 0;
+  };
+  a.fuse_append = append && !rot && rows > 0 && kv_fuse_enabled() &&
+                  rows16(p.k_new, p.knew_stride) && rows16(p.v_new, p.vnew_stride);
   T* q_rot = rot ? reinterpret_cast<T*>(ws + 256) : nullptr;
   if (nsplit > 1) {
     a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
     a.o_acc = reinterpret_cast<float*>(ws + 256 + q_bytes + lse_bytes);
   }
   Status st = [&]() -> Status {
-    if (append || rot) {
+    if ((append && !a.fuse_append) || rot) {
       const int64_t items = (append ? static_cast<int64_t>(p.seqlen_new) * p.nheads_k : 0) +
                             (rot ? static_cast<int64_t>(p.seqlen_q) * p.nheads : 0);
       if ((items + 3) / 4 > 0x7fffffffLL || p.batch > 65535)
