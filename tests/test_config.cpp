@@ -182,7 +182,7 @@ TEST_CASE("configs: workloads expand and filter", "[config]") {
   CHECK(mask_label(m) == "causal");
 }
 
-TEST_CASE("configs: dropout is a bench option in [0, 0.99]", "[config]") {
+TEST_CASE("configs: dropout is a bench option from 0 to 0.99", "[config]") {
   {
     TempJson t(model_json(R"(, "dropout": 0.1)"));
     const ModelConfig m = load_model_config(t.path);
