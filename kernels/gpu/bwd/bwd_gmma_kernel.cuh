@@ -195,6 +195,16 @@ __global__ void __launch_bounds__(NW * 32, 1)
       gmma_desc(sK_base + (dq_col0 / 64) * TileKV::kBlockBytes, TileKV::kBlockBytes, 1024);
   const int wtid = tid % 128;  // thread inside the warpgroup
   const int key_r0 = n0 + warp * 16 + g;  // this thread's keys: key_r0, key_r0 + 8
+  // key_range as a band of j - i: row i sees key j < seqlen_k iff band_lo <= j - i < band_hi
+  // (the clamps of key_range to [0, seqlen_k] change nothing for 0 <= j < seqlen_k). Clamped to
+  // +-2^30 so that the per-iteration differences below stay in int.
+  int band_lo = -(1 << 30), band_hi = 1 << 30;
+  if (p.has_window()) {
+    const long long c = static_cast<long long>(FP_BWD_SK) - FP_BWD_SQ;  // varlen: sk - sq
+    const long long lo = c - p.window_left, hi = c + p.window_right + 1;
+    band_lo = static_cast<int>(lo < -(1 << 30) ? -(1 << 30) : lo > (1 << 30) ? (1 << 30) : lo);
+    band_hi = static_cast<int>(hi < -(1 << 30) ? -(1 << 30) : hi > (1 << 30) ? (1 << 30) : hi);
+  }
 
   // S^T (resp. dP^T) of the query block in buffer `qb`, one commit group each.
   auto issue_s = [&](float (&s)[kQT][4], int qb) {
@@ -258,23 +268,32 @@ __global__ void __launch_bounds__(NW * 32, 1)
   // of iteration it: it publishes dS^T(it) (both warpgroups' keys) and Q/dO(it+1). Iteration it
   // then starts dQ(it-1) and S^T(it) together, stages and bulk-reduces dQ(it-1) under S^T(it),
   // and issues dP^T(it) last (needed only at dS). Every product is waited for inside its
-  // iteration, and none is issued conditionally (at it = 0 the dQ product runs on the unused
-  // dS^T buffer and is dropped), which keeps ptxas from serializing the pipeline.
+  // iteration, and none is issued conditionally (at it = 0 either a separate instance of the
+  // body without the dQ product, kPeel below, or the dQ product runs on the unused dS^T buffer
+  // and is dropped), which keeps ptxas from serializing the pipeline.
   // Buffers: Q/dO/lse/Dsum and dS^T are double-buffered by it % 2; whatever an iteration's
   // products read is complete before that iteration's barrier.
   prim::cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();
 
-  for (int it = 0; it < n_iters; ++it) {
+  // kPeel: the first iteration is a separate instance of the body (kFirst): it has no dQ(it-1)
+  // to compute, and issuing none there (rather than a product on the unused dS^T buffer that is
+  // dropped) lets S^T(0) start at once; two instances instead of a conditional issue, which made
+  // ptxas serialize the wgmma pipeline. d64 only: +1-4% there, but at d128 the second instance
+  // raised the spills from 28 to 92 bytes and lost 3-5% (H100, same-run A/B, docs/PERF.md).
+  constexpr bool kPeel = D == 64 && !kDet;  // kDet has no dQ product: nothing to peel
+  auto iteration = [&](const int it, auto first_c) {
+    constexpr bool kFirst = decltype(first_c)::value;
     const int buf = it & 1;
-    float acc_dq[8][4], s[kQT][4], dp[kQT][4];
-    if constexpr (!kDet) issue_dq(acc_dq, buf ^ 1);
+    [[maybe_unused]] float acc_dq[8][4];
+    float s[kQT][4], dp[kQT][4];
+    if constexpr (!kDet && !kFirst) issue_dq(acc_dq, buf ^ 1);
     issue_s(s, buf);
-    if constexpr (!kDet) {
+    if constexpr (!kDet && !kFirst) {
       gmma_wait<1>();
       gmma_reg_fence(acc_dq);
-      if (it > 0) stage_dq(acc_dq, it - 1);
+      if (kPeel || it > 0) stage_dq(acc_dq, it - 1);
     }
     issue_dp(dp, buf);
     if (it + 1 < n_iters) load_q_block(it + 1, buf ^ 1);
@@ -305,9 +324,50 @@ __global__ void __launch_bounds__(NW * 32, 1)
     // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative.
     // Dropout: pP is P * keep / (1 - p) (for dV), pS is P (no softcap with dropout).
     uint32_t pP[BM / 16][4], pS[BM / 16][4];
-    const uint64_t drop_row = kDrop ? bwd_philox_row(p, b, hq, m0) : 0;
-    // Two compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
-    // the block visible to every query row) without a branch per element, and the general one.
+    [[maybe_unused]] const uint64_t drop_row = kDrop ? bwd_philox_row(p, b, hq, m0) : 0;
+    // Three compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
+    // the block visible to every query row) without a branch per element; masks without
+    // softcap/ALiBi (causal diagonal, windows, tile edges: one compare pair per element against
+    // the band, no key_range per row); and the general one. Dropout takes the masked version
+    // for full tiles too (the fast one shares one packed copy of P between pP and pS).
+    auto scores_to_p_masked = [&]() {
+      // Element (nt, r, c): j - i = dbase + 8r - 8nt - c, i - m0 = 8nt + 2t + c, j - n0 = ...
+      const int dbase = key_r0 - m0 - 2 * t;
+      const int lo_k = band_lo - dbase, hi_k = band_hi - dbase;  // visible: lo_k <= k < hi_k
+      const int rows_left = FP_BWD_SQ - m0 - 2 * t;               // i < sq: 8nt + c < rows_left
+      const int keys_left = FP_BWD_SK - key_r0;                   // j < sk: 8r < keys_left
+#pragma unroll
+      for (int nt = 0; nt < kQT; ++nt) {
+        float lse2[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) lse2[c] = lse_s[nt * 8 + 2 * t + c] * prim::kLog2e;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float pv[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int k = 8 * r - 8 * nt - c;
+            const bool vis = k >= lo_k && k < hi_k && 8 * nt + c < rows_left && 8 * r < keys_left;
+            const float v = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
+            pv[c] = vis ? v : 0.f;
+          }
+          if constexpr (kDrop) {  // pS = P, pP = P * keep / (1 - p)
+            pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const uint64_t n = drop_row +
+                                 static_cast<uint64_t>(nt * 8 + 2 * t + c) * p.seqlen_k +
+                                 (key_r0 + 8 * r);
+              pv[c] = bwd_dropout_keep(p, n) ? pv[c] * p.rp_dropout : 0.f;
+            }
+            pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+          } else {
+            pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+            pS[nt / 2][(nt % 2) * 2 + r] = pP[nt / 2][(nt % 2) * 2 + r];
+          }
+        }
+      }
+    };
     auto scores_to_p = [&](auto fast_c) {
       constexpr bool kFast = decltype(fast_c)::value;
 #pragma unroll
@@ -361,6 +421,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
       }
     };
     if (!kDrop && plain && full_tile) scores_to_p(std::true_type{});
+    else if (plain) scores_to_p_masked();
     else scores_to_p(std::false_type{});
 
     // ---- dV += P^T dO ----
@@ -419,27 +480,30 @@ __global__ void __launch_bounds__(NW * 32, 1)
     prim::cp_async_wait<0>();                  // Q/dO/lse/Dsum(it+1) landed (this thread's part)
     fence_proxy_async();                       // dS^T stores, cp.async data -> wgmma operands
     __syncthreads();
+  };
+  if constexpr (kPeel) {
+    iteration(0, std::true_type{});
+    for (int it = 1; it < n_iters; ++it) iteration(it, std::false_type{});
+  } else {
+    for (int it = 0; it < n_iters; ++it) iteration(it, std::false_type{});
   }
-  if constexpr (!kDet) {
-    float acc_dq[8][4];
-    issue_dq(acc_dq, (n_iters - 1) & 1);
-    gmma_wait<0>();
-    gmma_reg_fence(acc_dq);
-    stage_dq(acc_dq, n_iters - 1);
-    if (wtid < 64) bulk_wait();
-  }
-  prim::cp_async_wait<0>();
-  __syncthreads();  // all products are done with sK/sV: reuse them to stage dK/dV
-
-  // ---- epilogue: dK (scaled), dV -> shared -> 16-byte stores ----
+  // ---- epilogue: the last dQ product runs while dK (scaled) and dV go out through shared
+  // memory. Staging in the Q / dO buffers (each 2 * TileQ >= TileKV bytes), which nothing reads
+  // any more: the last iteration's products are complete and no load is in flight, and the dQ
+  // product reads only dS^T and K.
+  [[maybe_unused]] float acc_dq[8][4];
+  if constexpr (!kDet) issue_dq(acc_dq, (n_iters - 1) & 1);
+  static_assert(2 * TileQ::kBytes >= TileKV::kBytes, "dK / dV staging in the Q / dO buffers");
+  T* sdK = sQ;
+  T* sdV = sdO;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int kr = warp * 16 + g + 8 * r;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
-      *reinterpret_cast<uint32_t*>(sK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
+      *reinterpret_cast<uint32_t*>(sdK + TileKV::offset(kr, dt * 8 + 2 * t)) = prim::Elem<T>::pack(
           acc_dk[dt][2 * r] * p.softmax_scale, acc_dk[dt][2 * r + 1] * p.softmax_scale);
-      *reinterpret_cast<uint32_t*>(sV + TileKV::offset(kr, dt * 8 + 2 * t)) =
+      *reinterpret_cast<uint32_t*>(sdV + TileKV::offset(kr, dt * 8 + 2 * t)) =
           prim::Elem<T>::pack(acc_dv[dt][2 * r], acc_dv[dt][2 * r + 1]);
     }
   }
@@ -450,10 +514,19 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const int r = c / (D / 8), ch = c % (D / 8);
     if (r < rows_k && ch < dchunks) {
       *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) =
-          *reinterpret_cast<const uint4*>(sK + TileKV::offset(r, ch * 8));
+          *reinterpret_cast<const uint4*>(sdK + TileKV::offset(r, ch * 8));
       *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) =
-          *reinterpret_cast<const uint4*>(sV + TileKV::offset(r, ch * 8));
+          *reinterpret_cast<const uint4*>(sdV + TileKV::offset(r, ch * 8));
     }
+  }
+  if constexpr (!kDet) {
+    gmma_wait<0>();
+    gmma_reg_fence(acc_dq);
+    stage_dq(acc_dq, n_iters - 1);
+    // Only the shared-memory reads must finish before the block exits (its shared memory goes to
+    // the next block); the reductions complete before the grid does, so bwd_convert_dq sees
+    // them. Waiting for their completion here cost about 1 us per block.
+    if (wtid < 64) bulk_wait_read();
   }
 #else
   (void)p;

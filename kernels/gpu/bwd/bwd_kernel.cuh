@@ -40,6 +40,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 
 #include "flashplus/params.h"
 #include "flashplus/status.h"
@@ -151,37 +152,49 @@ struct BwdTraits {
 };
 
 // ---- 1. Dsum = rowsum(dO * O); zero the dQ accumulator -----------------------------------------
+// D/8 threads per row (one 16-byte chunk of O and dO each, two float4 of the accumulator), so a
+// 128-thread block takes 128 / (D/8) rows: at d64 one warp per row left 24 of its 32 lanes idle
+// (109 us for the fa-bench shapes on the H100, 2.5 TB/s).
+template <int D> struct BwdPre { static constexpr int kRows = 128 / (D / 8); };
+
 template <typename T, int D, bool kVar = false>
-__global__ void bwd_preprocess(const AttnParams p, float* dsum, float* dq_accum) {
-  constexpr int kRowsPerBlock = 4;  // one warp per row
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int i = blockIdx.x * kRowsPerBlock + warp, h = blockIdx.y, b = blockIdx.z;
-  if (i >= (kVar ? p.actual_seqlen_q(b) : p.seqlen_q)) return;
+__global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float* dsum, float* dq_accum) {
+  constexpr int kTpr = D / 8;  // threads per row
+  static_assert(kTpr <= 32 && 32 % kTpr == 0, "a row's threads inside one warp");
+  const int sub = threadIdx.x % kTpr, x = sub * 8;
+  const int i = blockIdx.x * BwdPre<D>::kRows + threadIdx.x / kTpr, h = blockIdx.y, b = blockIdx.z;
+  // No early return: the shuffles below need the whole group.
+  const bool row_ok = i < (kVar ? p.actual_seqlen_q(b) : p.seqlen_q);
   const int64_t row = kVar ? bwd_row<kVar>(p, b, h, i)
                            : (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
-  if (dq_accum) {
-    float* acc = dq_accum + row * D;
-    for (int x = lane * 4; x < D; x += 128)
-      *reinterpret_cast<float4*>(acc + x) = make_float4(0, 0, 0, 0);
-  }
-  const T* o = kVar ? static_cast<const T*>(p.out) + h * p.out_stride.head + p.q_offset(p.out_stride, b, i)
-                     : static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
-                           static_cast<int64_t>(i) * p.out_stride.row;
-  const T* dout = kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head +
-                             p.q_offset(p.dout_stride, b, i)
-                       : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                             h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row;
   float s = 0.f;
-  for (int x = lane * 8; x < p.head_dim; x += 256) {
-    const uint4 ov = *reinterpret_cast<const uint4*>(o + x);
-    const uint4 dv = *reinterpret_cast<const uint4*>(dout + x);
-    const T* oe = reinterpret_cast<const T*>(&ov);
-    const T* de = reinterpret_cast<const T*>(&dv);
+  if (row_ok) {
+    if (dq_accum) {
+      float4* acc = reinterpret_cast<float4*>(dq_accum + row * D + x);
+      acc[0] = make_float4(0, 0, 0, 0);
+      acc[1] = make_float4(0, 0, 0, 0);
+    }
+    if (x < p.head_dim) {
+      const T* o =
+          kVar ? static_cast<const T*>(p.out) + h * p.out_stride.head + p.q_offset(p.out_stride, b, i) + x
+               : static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+                     static_cast<int64_t>(i) * p.out_stride.row + x;
+      const T* dout = kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head +
+                                 p.q_offset(p.dout_stride, b, i) + x
+                           : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                                 h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row + x;
+      const uint4 ov = *reinterpret_cast<const uint4*>(o);
+      const uint4 dv = *reinterpret_cast<const uint4*>(dout);
+      const T* oe = reinterpret_cast<const T*>(&ov);
+      const T* de = reinterpret_cast<const T*>(&dv);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) s += prim::Elem<T>::to_float(oe[e]) * prim::Elem<T>::to_float(de[e]);
+      for (int e = 0; e < 8; ++e)
+        s += prim::Elem<T>::to_float(oe[e]) * prim::Elem<T>::to_float(de[e]);
+    }
   }
-  s = prim::warp_sum(s);
-  if (lane == 0) {
+#pragma unroll
+  for (int m = kTpr / 2; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+  if (row_ok && sub == 0) {
     dsum[row] = s;
     if (p.softmax_d && p.softmax_d != dsum) p.softmax_d[row] = s;
   }
@@ -803,6 +816,41 @@ inline int max_smem_optin() {
 
 namespace flashplus::gpu::tc {
 
+// The workspace pool of the current device. The runtime's default pool gives its memory back to
+// the driver at every synchronisation (release threshold 0), so each backward call's
+// cudaMallocAsync mapped its 130+ MB of dQ accumulator again: 150-180 us of an idle GPU per call
+// on the H100 (docs/PERF.md, 2026-11-26), 12% of a causal s=1024 backward. This pool keeps up to
+// kBwdPoolKeep bytes mapped across synchronisations. FLASHPLUS_BWD_POOL=0 keeps the default
+// pool (*pool = nullptr; A/B measurements).
+inline Status bwd_workspace_pool(cudaMemPool_t* pool) {
+  constexpr int kMaxDevices = 64;
+  constexpr uint64_t kBwdPoolKeep = uint64_t{2} << 30;
+  static std::mutex mu;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  static const bool off = [] {
+    const char* e = std::getenv("FLASHPLUS_BWD_POOL");
+    return e != nullptr && e[0] == '0';
+  }();
+  *pool = nullptr;
+  int dev = 0;
+  FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
+  if (off || dev < 0 || dev >= kMaxDevices) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu);
+  if (pools[dev] == nullptr) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    cudaMemPool_t created = nullptr;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolCreate(&created, &props));
+    uint64_t keep = kBwdPoolKeep;
+    FLASHPLUS_GPU_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[dev] = created;
+  }
+  *pool = pools[dev];
+  return Status::Ok();
+}
+
 // The three (four in deterministic mode) launches around one main kernel: `main_kernel` is
 // bwd_tc_kernel or bwd_gmma_kernel, BN keys per block, `threads` and `smem` bytes per block.
 // kVar, kDrop: the flags `main_kernel` was instantiated with (the auxiliary kernels follow them).
@@ -820,7 +868,12 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
   // p.softmax_d holds it. Stream-ordered, so no device-wide synchronisation.
   float* ws = nullptr;
   const size_t ws_bytes = ((det ? 0 : rows * D) + (p.softmax_d ? 0 : rows)) * sizeof(float);
-  FLASHPLUS_GPU_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), ws_bytes, stream));
+  cudaMemPool_t pool = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(bwd_workspace_pool(&pool));
+  if (pool)
+    FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws), ws_bytes, pool, stream));
+  else
+    FLASHPLUS_GPU_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), ws_bytes, stream));
   float* dq_accum = det ? nullptr : ws;
   float* dsum = p.softmax_d ? p.softmax_d : ws + (det ? 0 : rows * D);
   auto fail = [&](cudaError_t e, const char* what) {
@@ -828,7 +881,8 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
     return platform::gpu_status(e, what);
   };
   {
-    const dim3 grid((p.seqlen_q + 3) / 4, p.nheads, p.batch);
+    constexpr int kRows = BwdPre<D>::kRows;
+    const dim3 grid((p.seqlen_q + kRows - 1) / kRows, p.nheads, p.batch);
     bwd_preprocess<T, D, kVar><<<grid, 128, 0, stream>>>(p, dsum, dq_accum);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return fail(e, "launch of bwd_preprocess");
