@@ -341,6 +341,10 @@ __global__ void __launch_bounds__(NW * 32, 1)
         float lse2[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c) lse2[c] = lse_s[nt * 8 + 2 * t + c] * prim::kLog2e;
+        [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+        if constexpr (kDrop)
+          keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                   key_r0, g);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           float pv[2];
@@ -354,12 +358,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
           if constexpr (kDrop) {  // pS = P, pP = P * keep / (1 - p)
             pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const uint64_t n = drop_row +
-                                 static_cast<uint64_t>(nt * 8 + 2 * t + c) * p.seqlen_k +
-                                 (key_r0 + 8 * r);
-              pv[c] = bwd_dropout_keep(p, n) ? pv[c] * p.rp_dropout : 0.f;
-            }
+            for (int c = 0; c < 2; ++c) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
             pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
           } else {
             pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
@@ -374,6 +373,10 @@ __global__ void __launch_bounds__(NW * 32, 1)
       for (int nt = 0; nt < kQT; ++nt) {
         float lse2[2];
         int lo[2], hi[2];
+        [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+        if constexpr (kDrop)
+          keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                   key_r0, g);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int ql = nt * 8 + 2 * t + c;
@@ -408,11 +411,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
             }
             if (!kFast && !full_tile && (j < lo[c] || j >= hi[c] || i >= FP_BWD_SQ))
               pv[c] = pc[c] = 0.f;
-            if constexpr (kDrop) {
-              const uint64_t n =
-                  drop_row + static_cast<uint64_t>(nt * 8 + 2 * t + c) * p.seqlen_k + j;
-              pv[c] = bwd_dropout_keep(p, n) ? pv[c] * p.rp_dropout : 0.f;
-            }
+            if constexpr (kDrop) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
           }
           pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
           pS[nt / 2][(nt % 2) * 2 + r] = kFast ? pP[nt / 2][(nt % 2) * 2 + r]

@@ -102,6 +102,45 @@ __device__ __forceinline__ bool bwd_dropout_keep(const AttnParams& p, uint64_t n
   const uint32_t d = w == 0 ? r.x[0] : w == 1 ? r.x[1] : w == 2 ? r.x[2] : r.x[3];
   return d < p.dropout_threshold;
 }
+// Keep bits of one thread's four elements of the transposed fragments (bit c + 2r: query
+// i0 + c, key key_r0 + 8r; n_i0 = Philox index of (i0, key 0); g = lane / 4, key_r0 ≡ g mod 8).
+// Where Sk* % 4 == 0 the four lanes g & 3 = 0..3 of a quad column hold four keys 4a..4a+3 of the
+// same queries, i.e. the four words of one Philox counter: lane k computes the counter of
+// element q = k (c = k & 1, r = k >> 1) for all four, the four 4-bit keep masks meet in a 16-bit
+// word through two shuffles (bit 4q + w: lane w's element q), and each lane takes bits k + 4q.
+// One Philox call per four elements instead of one per element; the keep bits are those of
+// bwd_dropout_keep (the forward's and the reference's) bit for bit. Otherwise one call each.
+// The condition is uniform, so all 32 lanes reach the shuffles.
+__device__ __forceinline__ uint32_t bwd_dropout_keep4(const AttnParams& p, uint64_t n_i0,
+                                                      int key_r0, int g) {
+  const uint64_t sks = static_cast<uint64_t>(p.seqlen_k);
+  if ((p.seqlen_k & 3) == 0) {
+    const int k = g & 3;
+    const uint64_t n = n_i0 + static_cast<uint64_t>(k & 1) * sks +
+                       static_cast<uint64_t>(key_r0 - k + 8 * (k >> 1));  // word 0 of the counter
+    const uint64_t blk = n >> 2;
+    const Philox4 r = philox4x32_10(
+        Philox4{{static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32),
+                 static_cast<uint32_t>(p.philox_offset), static_cast<uint32_t>(p.philox_offset >> 32)}},
+        static_cast<uint32_t>(p.philox_seed), static_cast<uint32_t>(p.philox_seed >> 32));
+    uint32_t m = static_cast<uint32_t>(r.x[0] < p.dropout_threshold) |
+                 static_cast<uint32_t>(r.x[1] < p.dropout_threshold) << 1 |
+                 static_cast<uint32_t>(r.x[2] < p.dropout_threshold) << 2 |
+                 static_cast<uint32_t>(r.x[3] < p.dropout_threshold) << 3;
+    m <<= 4 * k;
+    m |= __shfl_xor_sync(0xffffffffu, m, 4);  // lane 4g + t: g ^ 1
+    m |= __shfl_xor_sync(0xffffffffu, m, 8);  // g ^ 2
+    m >>= k;
+    return (m & 1u) | ((m >> 3) & 2u) | ((m >> 6) & 4u) | ((m >> 9) & 8u);
+  }
+  uint32_t m = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    m |= static_cast<uint32_t>(bwd_dropout_keep(p, n_i0 + static_cast<uint64_t>(q & 1) * sks +
+                                                       static_cast<uint64_t>(key_r0 + 8 * (q >> 1))))
+         << q;
+  return m;
+}
 // Linear Philox index of (b, h, i, j = 0): Sq* = seqlen_q, Sk* = seqlen_k as the forward.
 __device__ __forceinline__ uint64_t bwd_philox_row(const AttnParams& p, int b, int h, int i) {
   return ((static_cast<uint64_t>(b) * p.nheads + h) * static_cast<uint64_t>(p.seqlen_q) + i) *
@@ -427,6 +466,10 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
     for (int nt = 0; nt < kQT; ++nt) {
       float lse2[2];
       int lo[2], hi[2];
+      [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+      if constexpr (kDrop)
+        keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                 key_r0, g);
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int ql = nt * 8 + 2 * t + c;
@@ -460,10 +503,7 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
             pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
           }
           if (!full_tile && (j < lo[c] || j >= hi[c])) pv[c] = pc[c] = 0.f;
-          if constexpr (kDrop) {
-            const uint64_t n = drop_row + static_cast<uint64_t>(nt * 8 + 2 * t + c) * p.seqlen_k + j;
-            pv[c] = bwd_dropout_keep(p, n) ? pv[c] * p.rp_dropout : 0.f;
-          }
+          if constexpr (kDrop) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
         }
         pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
         pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pc[0], pc[1]);
