@@ -282,8 +282,8 @@ struct WorkloadRunner::Impl {
           TensorView::contiguous(lse.get(), DType::f32, {H, tq}, dk),
           TensorView::contiguous(cuq.get(), DType::i32, {B + 1}, dk),
           TensorView::contiguous(cuk.get(), DType::i32, {B + 1}, dk), std::nullopt, std::nullopt,
-          std::nullopt, alibi, static_cast<int>(max_len), static_cast<int>(max_len), 0.f, scale,
-          false, m.causal, m.window_left, m.window_right, cap, false, 0, ro));
+          std::nullopt, alibi, static_cast<int>(max_len), static_cast<int>(max_len),
+          static_cast<float>(m.dropout), scale, false, m.causal, m.window_left, m.window_right, cap, false, 0, ro));
     }
   }
   void bwd() {
@@ -296,7 +296,8 @@ struct WorkloadRunner::Impl {
         view(dq, {tq, H, D}), view(dk_, {tq, HK, D}), view(dv, {tq, HK, D}),
         TensorView::contiguous(cuq.get(), DType::i32, {B + 1}, dk),
         TensorView::contiguous(cuk.get(), DType::i32, {B + 1}, dk), alibi,
-        static_cast<int>(max_len), static_cast<int>(max_len), 0.f, scale, false, m.causal,
+        static_cast<int>(max_len), static_cast<int>(max_len), static_cast<float>(m.dropout), scale,
+        false, m.causal,
         m.window_left, m.window_right, cap, false, std::nullopt, ro));
   }
 };
@@ -496,12 +497,14 @@ BenchResult bench_case(const BenchCase& c, Backend be, const BenchSettings& s,
   auto fwd = [&](Set& st) {
     check(mha_fwd(v4(st.q, H), v4(st.k, HK), v4(st.v, HK), v4(st.out, H),
                            TensorView::contiguous(st.lse.get(), DType::f32, {B, H, S}, dk), alibi,
-                           0.f, scale, m.causal, m.window_left, m.window_right, cap, false, fro));
+                           static_cast<float>(m.dropout), scale, m.causal, m.window_left,
+                           m.window_right, cap, false, fro));
   };
   auto bwd = [&](Set& st) {
     check(mha_bwd(v4(st.dout, H), v4(st.q, H), v4(st.k, HK), v4(st.v, HK), v4(st.out, H),
                            TensorView::contiguous(st.lse.get(), DType::f32, {B, H, S}, dk),
-                           v4(st.dq, H), v4(st.dk, HK), v4(st.dv, HK), alibi, 0.f, scale, m.causal,
+                           v4(st.dq, H), v4(st.dk, HK), v4(st.dv, HK), alibi,
+                           static_cast<float>(m.dropout), scale, m.causal,
                            m.window_left, m.window_right, cap, false, std::nullopt, ro));
   };
   auto note_config = [&](const char* pass) {

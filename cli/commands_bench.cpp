@@ -217,6 +217,7 @@ int run_bench(const BenchArgs& a) {
                       {"window_left", m.window_left},
                       {"window_right", m.window_right},
                       {"softcap", m.softcap},
+                      {"dropout", m.dropout},
                       {"alibi", m.alibi},
                       {"mask", mask},
                       {"tune_keys", keys},

@@ -14,14 +14,14 @@ namespace {
 
 // Keys a variant may set; each replaces the base file's value.
 const std::set<std::string> kVariantKeys = {"name",    "description", "nheads",        "nheads_k",
-                                            "head_dim", "mask",        "softcap",       "alibi",
+                                            "head_dim", "mask",        "softcap",       "dropout", "alibi",
                                             "softmax_scale", "dtype", "batch_sizes", "batch_tokens",
                                             "seqlens", "modes", "workload", "decode", "varlen"};
 
 ModelConfig parse_model_config(const JsonChecker& c, const json& j, const std::string& path) {
   c.check_keys(j, "",
                {"schema_version", "name", "description", "source", "workload", "nheads", "nheads_k",
-                "head_dim", "mask", "softcap", "alibi", "softmax_scale", "dtype", "batch_sizes",
+                "head_dim", "mask", "softcap", "dropout", "alibi", "softmax_scale", "dtype", "batch_sizes",
                 "batch_tokens", "seqlens", "modes", "decode", "varlen"});
   auto need = [&](const char* key) -> const json& {
     if (!j.contains(key)) c.fail(key, "required key is missing");
@@ -60,6 +60,7 @@ ModelConfig parse_model_config(const JsonChecker& c, const json& j, const std::s
     }
   }
   if (j.contains("softcap")) m.softcap = c.to_number(j["softcap"], "softcap", 0, 1e6);
+  if (j.contains("dropout")) m.dropout = c.to_number(j["dropout"], "dropout", 0, 0.99);
   if (j.contains("alibi")) m.alibi = c.to_bool(j["alibi"], "alibi");
   if (j.contains("softmax_scale"))
     m.softmax_scale = c.to_number(j["softmax_scale"], "softmax_scale", 0, 1e6);
@@ -362,6 +363,7 @@ std::string mask_label(const ModelConfig& m) {
   if (s.empty()) s = "none";
   if (m.softcap > 0) s += fmt::format("+softcap{:g}", m.softcap);
   if (m.alibi) s += "+alibi";
+  if (m.dropout > 0) s += fmt::format("+dropout{:g}", m.dropout);
   return s;
 }
 

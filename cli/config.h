@@ -22,6 +22,7 @@ struct ModelConfig {
   bool causal = false;
   int window_left = -1, window_right = -1;  // -1 = unbounded
   double softcap = 0;                       // 0 = off
+  double dropout = 0;                       // dropout_p of the fwd/bwd calls (not decode); 0 = off
   bool alibi = false;                       // slopes 2^(-8(h+1)/nheads), per head
   double softmax_scale = 0;                 // 0 = 1/sqrt(head_dim)
   std::vector<DType> dtypes;

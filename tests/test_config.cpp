@@ -182,6 +182,20 @@ TEST_CASE("configs: workloads expand and filter", "[config]") {
   CHECK(mask_label(m) == "causal");
 }
 
+TEST_CASE("configs: dropout is a bench option from 0 to 0.99", "[config]") {
+  {
+    TempJson t(model_json(R"(, "dropout": 0.1)"));
+    const ModelConfig m = load_model_config(t.path);
+    CHECK(m.dropout == 0.1);
+    CHECK(mask_label(m) == "causal+dropout0.1");
+  }
+  {
+    TempJson t(model_json(R"(, "dropout": 1)"));
+    CHECK_THAT(error_of([&] { load_model_config(t.path); }),
+               Catch::Contains("key 'dropout'") && Catch::Contains("out of range"));
+  }
+}
+
 TEST_CASE("configs: schema 2 decode and varlen workloads", "[config]") {
   const auto all = load_model_configs(kSource + "/configs/models/llama3-8b.json");
   REQUIRE(all.size() == 3);

@@ -291,6 +291,37 @@ TEST_CASE("query_range is key_range solved for the query rows", "[params]") {
   });
 }
 
+TEST_CASE("query_range of a sequence is key_range solved for its own lengths", "[params]") {
+  // Varlen: the window is canonicalised once with Sq*, Sk* (the max lengths); sequence b then
+  // has its own sq <= Sq*, sk <= Sk* (sq > sk included: rows that see no key). The varlen
+  // backward kernels visit query_range(j0, j1, sq, sk) for the keys [j0, j1) of the sequence.
+  for_each_mask_case({4, 9}, {6, 13}, {-1, 0, 3}, {-1, 0, 2}, [](const AttnParams& p, int, int) {
+    for (int sq = 0; sq <= p.seqlen_q; ++sq)
+      for (int sk = 1; sk <= p.seqlen_k; ++sk)
+        for (int j0 = 0; j0 < sk; ++j0)
+          for (int j1 = j0 + 1; j1 <= sk; ++j1) {
+            int ilo, ihi;
+            p.query_range(j0, j1, sq, sk, &ilo, &ihi);
+            for (int i = 0; i < sq; ++i) {
+              int lo, hi;
+              p.key_range(i, sq, sk, &lo, &hi);
+              const bool meets = std::max(lo, j0) < std::min(hi, j1);
+              INFO("sq=" << sq << " sk=" << sk << " [" << j0 << "," << j1 << ") i=" << i);
+              CHECK(meets == (i >= ilo && i <= ihi));
+            }
+            // Nothing outside the sequence's rows.
+            CHECK(ilo >= 0);
+            CHECK(ihi <= sq - 1);
+          }
+    // The fixed-length overload is the per-sequence one at (seqlen_q, seqlen_k).
+    int a0, a1, b0, b1;
+    p.query_range(0, p.seqlen_k, &a0, &a1);
+    p.query_range(0, p.seqlen_k, p.seqlen_q, p.seqlen_k, &b0, &b1);
+    CHECK(a0 == b0);
+    CHECK(a1 == b1);
+  });
+}
+
 TEST_CASE("key_range matches the visibility rule", "[params]") {
   // Brute force the literal rule of API.md 2.3 against AttnParams::key_range after
   // canonicalisation.

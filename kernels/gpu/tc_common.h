@@ -46,12 +46,24 @@ inline Status tc_supports(const AttnParams& p, const KernelConfig& cfg, const ch
   if (p.head_dim % 8 != 0) return Status::NoInstance(f + ": head_dim must be a multiple of 8");
   if (p.head_dim > 256) return Status::NoInstance(f + ": head_dim > 256");
   if (p.is_kvcache) return Status::NoInstance(f + ": the kv-cache layout is not compiled");
-  // The forward takes varlen (paged too: see launch_fwd_tile) and dropout; the backward's
-  // tensor-core kernels do not yet, so those calls run the portable fallback.
+  // The forward takes varlen (paged too: see launch_fwd_tile) and dropout. The backward takes
+  // them on CUDA (bwd_var_*.cu: packed varlen, no block_table, which mha_varlen_bwd never has;
+  // dropout without softcap, which the API rejects); the MFMA backward does not yet, so there
+  // those calls run the portable fallback.
   const bool bwd = f == "bwd_tc";
+#if FLASHPLUS_VENDOR_HIP
   if (bwd && p.is_varlen())
     return Status::NoInstance(f + ": variable-length batches are not compiled");
   if (bwd && p.has_dropout()) return Status::NoInstance(f + ": dropout is not compiled");
+#else
+  if (bwd && p.block_table != nullptr)
+    return Status::NoInstance(f + ": the paged (block_table) backward is not compiled");
+  if (bwd && p.has_dropout() && p.softcap > 0.f)
+    return Status::NoInstance(f + ": dropout with softcap is not compiled");
+  // The backward's workspaces index varlen rows as h * total_q + token, as lse.
+  if (bwd && p.is_varlen() && p.lse_head_stride != p.total_q)
+    return Status::NoInstance(f + ": softmax_lse must be contiguous (nheads, total_q)");
+#endif
   if (p.num_splits > 1 || cfg.num_splits > 1)
     return Status::NoInstance(f + ": split-KV is not compiled");
   // softmax_lse / softmax_d are indexed as contiguous (batch, nheads, seqlen_q), or (nheads,

@@ -20,6 +20,15 @@ Status run_bwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   const int d = tc::head_dim_bucket(p.head_dim);
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
+  if (p.is_varlen() || p.has_dropout()) {
+    switch (d) {
+      case 64: return bf ? tc::bwd_var_bf16_d64(p, cfg, s) : tc::bwd_var_f16_d64(p, cfg, s);
+      case 128: return bf ? tc::bwd_var_bf16_d128(p, cfg, s) : tc::bwd_var_f16_d128(p, cfg, s);
+      default:
+        return Status::NoInstance("bwd_tc: varlen / dropout are not compiled for head-dim bucket " +
+                                  std::to_string(d));
+    }
+  }
   switch (d) {
     case 64: return bf ? tc::bwd_bf16_d64(p, cfg, s) : tc::bwd_f16_d64(p, cfg, s);
     case 128: return bf ? tc::bwd_bf16_d128(p, cfg, s) : tc::bwd_f16_d128(p, cfg, s);

@@ -53,8 +53,10 @@ struct BwdGmmaTraits {
 };
 
 // kDet: deterministic mode (dq_accum == nullptr, dQ left to bwd_dq_kernel); a template
-// parameter so that the wgmma pipeline below has no data-dependent issue.
-template <typename T, int D, int BN, int BM, int NW, bool kDet>
+// parameter so that the wgmma pipeline below has no data-dependent issue. kVar, kDrop: varlen
+// geometry and dropout as in bwd_tc_kernel (bwd_kernel.cuh).
+template <typename T, int D, int BN, int BM, int NW, bool kDet, bool kVar = false,
+          bool kDrop = false>
 __global__ void __launch_bounds__(NW * 32, 1)
     bwd_gmma_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
 #if FLASHPLUS_HAS_WGMMA
@@ -83,17 +85,26 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = p.group();
   const int n0 = n_block * BN;
-  const int rows_k = min(BN, p.seqlen_k - n0);
+  // This sequence's lengths (fixed length: seqlen_q/k). Varlen grids cover the longest sequence.
+  const int sk = kVar ? p.actual_seqlen_k(b) : 0;
+  if (kVar && n0 >= sk) return;
+  const int sq = kVar ? p.actual_seqlen_q(b) : 0;
+  const int rows_k = min(BN, FP_BWD_SK - n0);
   const int dchunks = p.head_dim / 8;
-
-  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
-              static_cast<int64_t>(n0) * p.dk_stride.row;
-  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
-              static_cast<int64_t>(n0) * p.dv_stride.row;
+  // (Each kVar ? a : b below keeps b, the fixed-length expression, exactly as it was.)
+  T* dk_out = kVar ? static_cast<T*>(p.dk) + hk * p.dk_stride.head + p.kv_offset(p.dk_stride, b, n0)
+                   : static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
+                         static_cast<int64_t>(n0) * p.dk_stride.row;
+  T* dv_out = kVar ? static_cast<T*>(p.dv) + hk * p.dv_stride.head + p.kv_offset(p.dv_stride, b, n0)
+                   : static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
+                         static_cast<int64_t>(n0) * p.dv_stride.row;
 
   // Query rows that see any key of this block (API.md §2.3, solved for i).
   int i_min, i_max;
-  p.query_range(n0, n0 + rows_k, &i_min, &i_max);
+  if (kVar)
+    p.query_range(n0, n0 + rows_k, sq, sk, &i_min, &i_max);
+  else
+    p.query_range(n0, n0 + rows_k, &i_min, &i_max);
   if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
     for (int c = tid; c < rows_k * dchunks; c += kThreads) {
       const int r = c / dchunks, ch = c % dchunks;
@@ -105,28 +116,37 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
   const int n_iters = G * m_count;
 
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
-                static_cast<int64_t>(n0) * p.k_stride.row;
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
-                static_cast<int64_t>(n0) * p.v_stride.row;
+  const T* kg =
+      kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, n0)
+           : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
+                 static_cast<int64_t>(n0) * p.k_stride.row;
+  const T* vg =
+      kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, n0)
+           : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
+                 static_cast<int64_t>(n0) * p.v_stride.row;
   load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
   load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
 
   auto load_q_block = [&](int it, int buf) {
     const int hq = hk * G + it / m_count;
     const int m0 = (m_first + it % m_count) * BM;
-    const int rows_q = min(BM, p.seqlen_q - m0);
-    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
-                  static_cast<int64_t>(m0) * p.q_stride.row;
-    const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                   hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    const int rows_q = min(BM, FP_BWD_SQ - m0);
+    const T* qg =
+        kVar ? static_cast<const T*>(p.q) + hq * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
+             : static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
+                   static_cast<int64_t>(m0) * p.q_stride.row;
+    const T* dog = kVar ? static_cast<const T*>(p.dout) + hq * p.dout_stride.head +
+                              p.q_offset(p.dout_stride, b, m0)
+                        : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                              hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
     load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
                                             dchunks, qg, tid);
     load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
                                             rows_q, dchunks, dog, tid);
     // lse and Dsum through cp.async as well (a plain load would stall the thread here); rows
     // past seqlen_q read as 0 and are zeroed explicitly on the general path of the loop.
-    const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
+    const int64_t row0 = kVar ? bwd_row<kVar>(p, b, hq, m0)
+                              : (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
     static_assert(2 * BM <= kThreads, "one thread per lse / Dsum value");
     if (tid < BM) {
       const bool ok = tid < rows_q;
@@ -180,7 +200,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
   // +-2^30 so that the per-iteration differences below stay in int.
   int band_lo = -(1 << 30), band_hi = 1 << 30;
   if (p.has_window()) {
-    const long long c = static_cast<long long>(p.seqlen_k) - p.seqlen_q;
+    const long long c = static_cast<long long>(FP_BWD_SK) - FP_BWD_SQ;  // varlen: sk - sq
     const long long lo = c - p.window_left, hi = c + p.window_right + 1;
     band_lo = static_cast<int>(lo < -(1 << 30) ? -(1 << 30) : lo > (1 << 30) ? (1 << 30) : lo);
     band_hi = static_cast<int>(hi < -(1 << 30) ? -(1 << 30) : hi > (1 << 30) ? (1 << 30) : hi);
@@ -233,8 +253,10 @@ __global__ void __launch_bounds__(NW * 32, 1)
     if (wtid < 64) {             // one 256-byte row segment per thread
       const int hq_p = hk * G + itp / m_count;
       const int rl = dq_row0 + wtid, i = (m_first + itp % m_count) * BM + rl;
-      if (i < p.seqlen_q) {
-        float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq_p) * p.seqlen_q + i) * D;
+      if (i < FP_BWD_SQ) {
+        float* dqa = dq_accum + (kVar ? bwd_row<kVar>(p, b, hq_p, i)
+                                      : (static_cast<int64_t>(b) * p.nheads + hq_p) * p.seqlen_q + i) *
+                                    D;
         bulk_reduce_add_f32(dqa + dq_col0, prim::smem_u32(sdQ + rl * Tr::kDqStride + dq_col0),
                             64 * 4);
       }
@@ -283,34 +305,46 @@ __global__ void __launch_bounds__(NW * 32, 1)
     gmma_wait<1>();  // S^T(it) done; dP^T(it) may still run
     gmma_reg_fence(s);
 
-    const int q_last = min(m0 + BM, p.seqlen_q) - 1;
-    bool full_tile = n0 + BN <= p.seqlen_k && m0 + BM <= p.seqlen_q;
+    const int q_last = min(m0 + BM, FP_BWD_SQ) - 1;
+    bool full_tile = n0 + BN <= FP_BWD_SK && m0 + BM <= FP_BWD_SQ;
     if (p.has_window()) {
       int lo_a, hi_a, lo_b, hi_b;
-      p.key_range(m0, &lo_a, &hi_a);
-      p.key_range(q_last, &lo_b, &hi_b);
+      if (kVar) {
+        p.key_range(m0, sq, sk, &lo_a, &hi_a);
+        p.key_range(q_last, sq, sk, &lo_b, &hi_b);
+      } else {
+        p.key_range(m0, &lo_a, &hi_a);
+        p.key_range(q_last, &lo_b, &hi_b);
+      }
       full_tile = full_tile && lo_b <= n0 && hi_a >= n0 + BN;
     }
     const float slope = prim::alibi_slope(p, b, hq);
     const float* lse_s = sLse + buf * BM;
     const float* ds_s = sDs + buf * BM;
     // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative.
+    // Dropout: pP is P * keep / (1 - p) (for dV), pS is P (no softcap with dropout).
     uint32_t pP[BM / 16][4], pS[BM / 16][4];
+    [[maybe_unused]] const uint64_t drop_row = kDrop ? bwd_philox_row(p, b, hq, m0) : 0;
     // Three compiled versions of the element loop: the common case (no softcap/ALiBi, every key of
     // the block visible to every query row) without a branch per element; masks without
     // softcap/ALiBi (causal diagonal, windows, tile edges: one compare pair per element against
-    // the band, no key_range per row); and the general one.
+    // the band, no key_range per row); and the general one. Dropout takes the masked version
+    // for full tiles too (the fast one shares one packed copy of P between pP and pS).
     auto scores_to_p_masked = [&]() {
       // Element (nt, r, c): j - i = dbase + 8r - 8nt - c, i - m0 = 8nt + 2t + c, j - n0 = ...
       const int dbase = key_r0 - m0 - 2 * t;
       const int lo_k = band_lo - dbase, hi_k = band_hi - dbase;  // visible: lo_k <= k < hi_k
-      const int rows_left = p.seqlen_q - m0 - 2 * t;              // i < sq: 8nt + c < rows_left
-      const int keys_left = p.seqlen_k - key_r0;                   // j < sk: 8r < keys_left
+      const int rows_left = FP_BWD_SQ - m0 - 2 * t;               // i < sq: 8nt + c < rows_left
+      const int keys_left = FP_BWD_SK - key_r0;                   // j < sk: 8r < keys_left
 #pragma unroll
       for (int nt = 0; nt < kQT; ++nt) {
         float lse2[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c) lse2[c] = lse_s[nt * 8 + 2 * t + c] * prim::kLog2e;
+        [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+        if constexpr (kDrop)
+          keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                   key_r0, g);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           float pv[2];
@@ -321,8 +355,15 @@ __global__ void __launch_bounds__(NW * 32, 1)
             const float v = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[c]));
             pv[c] = vis ? v : 0.f;
           }
-          pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
-          pS[nt / 2][(nt % 2) * 2 + r] = pP[nt / 2][(nt % 2) * 2 + r];
+          if constexpr (kDrop) {  // pS = P, pP = P * keep / (1 - p)
+            pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+#pragma unroll
+            for (int c = 0; c < 2; ++c) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
+            pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+          } else {
+            pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
+            pS[nt / 2][(nt % 2) * 2 + r] = pP[nt / 2][(nt % 2) * 2 + r];
+          }
         }
       }
     };
@@ -332,12 +373,21 @@ __global__ void __launch_bounds__(NW * 32, 1)
       for (int nt = 0; nt < kQT; ++nt) {
         float lse2[2];
         int lo[2], hi[2];
+        [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+        if constexpr (kDrop)
+          keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                   key_r0, g);
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int ql = nt * 8 + 2 * t + c;
           lse2[c] = lse_s[ql] * prim::kLog2e;
-          int l = 0, h = p.seqlen_k;
-          if (!kFast && !full_tile) p.key_range(m0 + ql, &l, &h);
+          int l = 0, h = FP_BWD_SK;
+          if (!kFast && !full_tile) {
+            if (kVar)
+              p.key_range(m0 + ql, sq, sk, &l, &h);
+            else
+              p.key_range(m0 + ql, &l, &h);
+          }
           lo[c] = l;
           hi[c] = h;
         }
@@ -353,12 +403,15 @@ __global__ void __launch_bounds__(NW * 32, 1)
               pc[c] = pv[c];
             } else {
               float th;
-              const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+              // Varlen: ALiBi aligns with this sequence's own lengths (sk - sq).
+              const float z = kVar ? prim::logit_off(p, s[nt][2 * r + c], slope, i, j, sk - sq, &th)
+                                   : prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
               pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
               pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
             }
-            if (!kFast && !full_tile && (j < lo[c] || j >= hi[c] || i >= p.seqlen_q))
+            if (!kFast && !full_tile && (j < lo[c] || j >= hi[c] || i >= FP_BWD_SQ))
               pv[c] = pc[c] = 0.f;
+            if constexpr (kDrop) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
           }
           pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
           pS[nt / 2][(nt % 2) * 2 + r] = kFast ? pP[nt / 2][(nt % 2) * 2 + r]
@@ -366,7 +419,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
         }
       }
     };
-    if (plain && full_tile) scores_to_p(std::true_type{});
+    if (!kDrop && plain && full_tile) scores_to_p(std::true_type{});
     else if (plain) scores_to_p_masked();
     else scores_to_p(std::false_type{});
 
@@ -386,8 +439,14 @@ __global__ void __launch_bounds__(NW * 32, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
-        dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
-        dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+        if constexpr (kDrop) {  // dS = P_d dP - P Dsum
+          const float2 pd = bwd_unpack<T>(pP[nt / 2][(nt % 2) * 2 + r]);
+          dp[nt][2 * r] = fmaf(pd.x, dp[nt][2 * r], -pc.x * d0);
+          dp[nt][2 * r + 1] = fmaf(pd.y, dp[nt][2 * r + 1], -pc.y * d1);
+        } else {
+          dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
+          dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+        }
       }
     }
 

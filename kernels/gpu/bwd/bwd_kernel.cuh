@@ -20,6 +20,18 @@
 //   3. bwd_convert_dq: accumulator (pre-scaled) -> dtype, any dq strides.
 // Deterministic mode (p.deterministic): the main kernel skips dQ and bwd_dq_kernel computes it
 // per query block (recomputing P and dS), so every dQ element has one writer: bit-identical runs.
+//
+// Template flags of every kernel here (the plain instances have both off and are the code as it
+// was before the flags existed):
+//   kVar:  per-sequence geometry through AttnParams' helpers (varlen: packed rows at
+//          cu_seqlens_q/k[b], seqused_k, masks and ALiBi aligned with the sequence's own lengths,
+//          lse / softmax_d / workspaces (nheads, total_q)); grids cover the longest sequence and
+//          blocks past their sequence's end leave. Also right for fixed length (the helpers fall
+//          back to the fixed-length layout without cu_seqlens), so dropout instances have it on.
+//   kDrop: dropout with the forward's Philox keep (flashplus/philox.h): dV += P_d^T dO with
+//          P_d = P * keep / (1 - p), dS = P * (dP * keep / (1 - p) - Dsum), computed as
+//          P_d * dP - P * Dsum from the two packed copies of P the kernels keep anyway.
+// Compiled for the default tile of each bucket only (bwd_var_<dtype>_d<D>.cu, launch_bwd_var).
 #pragma once
 #include "platform/gpu_runtime.h"
 #if FLASHPLUS_VENDOR_HIP
@@ -60,11 +72,103 @@ template <> __device__ __forceinline__ float2 bwd_unpack<platform::bf16_t>(uint3
   return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
 }
 
+// In the kernels below, sq / sk are this sequence's lengths (kVar only); the fixed-length
+// instances read p.seqlen_q / p.seqlen_k where they always did, so their code is unchanged.
+#define FP_BWD_SQ (kVar ? sq : p.seqlen_q)
+#define FP_BWD_SK (kVar ? sk : p.seqlen_k)
+
+// Row (b, h, i) of the fp32 workspaces (dQ accumulator, Dsum) and of softmax_lse / softmax_d,
+// which tc_supports requires contiguous: (batch, nheads, seqlen_q), varlen (nheads, total_q).
+template <bool kVar>
+__device__ __forceinline__ int64_t bwd_row(const AttnParams& p, int b, int h, int i) {
+  if (kVar && p.cu_seqlens_q != nullptr)
+    return static_cast<int64_t>(h) * p.total_q + p.cu_seqlens_q[b] + i;
+  return (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
+}
+// Rows bwd_row spans.
+__host__ __device__ inline int64_t bwd_rows(const AttnParams& p) {
+  return p.is_varlen() ? static_cast<int64_t>(p.nheads) * p.total_q
+                       : static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+}
+// Dropout keep bit of the element whose linear Philox index (philox.h) is n: one Philox call per
+// element (the backward's fragments hold query pairs of one key, which are Sk* apart).
+__device__ __forceinline__ bool bwd_dropout_keep(const AttnParams& p, uint64_t n) {
+  const uint64_t blk = n >> 2;
+  const Philox4 r = philox4x32_10(
+      Philox4{{static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32),
+               static_cast<uint32_t>(p.philox_offset), static_cast<uint32_t>(p.philox_offset >> 32)}},
+      static_cast<uint32_t>(p.philox_seed), static_cast<uint32_t>(p.philox_seed >> 32));
+  const int w = static_cast<int>(n & 3);
+  const uint32_t d = w == 0 ? r.x[0] : w == 1 ? r.x[1] : w == 2 ? r.x[2] : r.x[3];
+  return d < p.dropout_threshold;
+}
+// Keep bits of one thread's four elements of the transposed fragments (bit c + 2r: query
+// i0 + c, key key_r0 + 8r; n_i0 = Philox index of (i0, key 0); g = lane / 4, key_r0 ≡ g mod 8).
+// Where Sk* % 4 == 0 the four lanes g & 3 = 0..3 of a quad column hold four keys 4a..4a+3 of the
+// same queries, i.e. the four words of one Philox counter: lane k computes the counter of
+// element q = k (c = k & 1, r = k >> 1) for all four, the four 4-bit keep masks meet in a 16-bit
+// word through two shuffles (bit 4q + w: lane w's element q), and each lane takes bits k + 4q.
+// One Philox call per four elements instead of one per element; the keep bits are those of
+// bwd_dropout_keep (the forward's and the reference's) bit for bit. Otherwise one call each.
+// The condition is uniform, so all 32 lanes reach the shuffles.
+__device__ __forceinline__ uint32_t bwd_dropout_keep4(const AttnParams& p, uint64_t n_i0,
+                                                      int key_r0, int g) {
+  const uint64_t sks = static_cast<uint64_t>(p.seqlen_k);
+  if ((p.seqlen_k & 3) == 0) {
+    const int k = g & 3;
+    const uint64_t n = n_i0 + static_cast<uint64_t>(k & 1) * sks +
+                       static_cast<uint64_t>(key_r0 - k + 8 * (k >> 1));  // word 0 of the counter
+    const uint64_t blk = n >> 2;
+    const Philox4 r = philox4x32_10(
+        Philox4{{static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32),
+                 static_cast<uint32_t>(p.philox_offset), static_cast<uint32_t>(p.philox_offset >> 32)}},
+        static_cast<uint32_t>(p.philox_seed), static_cast<uint32_t>(p.philox_seed >> 32));
+    uint32_t m = static_cast<uint32_t>(r.x[0] < p.dropout_threshold) |
+                 static_cast<uint32_t>(r.x[1] < p.dropout_threshold) << 1 |
+                 static_cast<uint32_t>(r.x[2] < p.dropout_threshold) << 2 |
+                 static_cast<uint32_t>(r.x[3] < p.dropout_threshold) << 3;
+    m <<= 4 * k;
+    m |= __shfl_xor_sync(0xffffffffu, m, 4);  // lane 4g + t: g ^ 1
+    m |= __shfl_xor_sync(0xffffffffu, m, 8);  // g ^ 2
+    m >>= k;
+    return (m & 1u) | ((m >> 3) & 2u) | ((m >> 6) & 4u) | ((m >> 9) & 8u);
+  }
+  uint32_t m = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    m |= static_cast<uint32_t>(bwd_dropout_keep(p, n_i0 + static_cast<uint64_t>(q & 1) * sks +
+                                                       static_cast<uint64_t>(key_r0 + 8 * (q >> 1))))
+         << q;
+  return m;
+}
+// Linear Philox index of (b, h, i, j = 0): Sq* = seqlen_q, Sk* = seqlen_k as the forward.
+__device__ __forceinline__ uint64_t bwd_philox_row(const AttnParams& p, int b, int h, int i) {
+  return ((static_cast<uint64_t>(b) * p.nheads + h) * static_cast<uint64_t>(p.seqlen_q) + i) *
+         static_cast<uint64_t>(p.seqlen_k);
+}
+
 // Compiled backward tiles per head-dim bucket: X(D, BN keys, BM queries, NW warps = BN/16).
 // First entry = default.
 #define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 32, 8) X(64, 128, 64, 8) X(64, 64, 64, 4)
 #define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 128, 32, 8) X(128, 64, 64, 4)
 #define FLASHPLUS_BWD_TILES_D256(X)
+
+// Whether (d, bn, bm, nw) is the first (default) mma.sync tile of its bucket: the one the
+// varlen / dropout instances are compiled for.
+struct BwdTileDesc {
+  int d, bn, bm, nw;
+};
+#define FLASHPLUS_BWD_TILE_DESC(D, BN, BM, NW) BwdTileDesc{D, BN, BM, NW},
+inline constexpr BwdTileDesc kBwdTileList[] = {
+    FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TILE_DESC)
+    FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TILE_DESC)
+    FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TILE_DESC)};
+#undef FLASHPLUS_BWD_TILE_DESC
+constexpr bool is_default_bwd_tile(int d, int bn, int bm, int nw) {
+  for (const BwdTileDesc& t : kBwdTileList)
+    if (t.d == d) return t.bn == bn && t.bm == bm && t.nw == nw;
+  return false;
+}
 
 template <int D, int BN, int BM, int NW>
 struct BwdTraits {
@@ -92,14 +196,16 @@ struct BwdTraits {
 // (109 us for the fa-bench shapes on the H100, 2.5 TB/s).
 template <int D> struct BwdPre { static constexpr int kRows = 128 / (D / 8); };
 
-template <typename T, int D>
+template <typename T, int D, bool kVar = false>
 __global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float* dsum, float* dq_accum) {
   constexpr int kTpr = D / 8;  // threads per row
   static_assert(kTpr <= 32 && 32 % kTpr == 0, "a row's threads inside one warp");
   const int sub = threadIdx.x % kTpr, x = sub * 8;
   const int i = blockIdx.x * BwdPre<D>::kRows + threadIdx.x / kTpr, h = blockIdx.y, b = blockIdx.z;
-  const bool row_ok = i < p.seqlen_q;  // no early return: the shuffles below need the whole group
-  const int64_t row = (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
+  // No early return: the shuffles below need the whole group.
+  const bool row_ok = i < (kVar ? p.actual_seqlen_q(b) : p.seqlen_q);
+  const int64_t row = kVar ? bwd_row<kVar>(p, b, h, i)
+                           : (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
   float s = 0.f;
   if (row_ok) {
     if (dq_accum) {
@@ -108,10 +214,14 @@ __global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float*
       acc[1] = make_float4(0, 0, 0, 0);
     }
     if (x < p.head_dim) {
-      const T* o = static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
-                   static_cast<int64_t>(i) * p.out_stride.row + x;
-      const T* dout = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                      h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row + x;
+      const T* o =
+          kVar ? static_cast<const T*>(p.out) + h * p.out_stride.head + p.q_offset(p.out_stride, b, i) + x
+               : static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+                     static_cast<int64_t>(i) * p.out_stride.row + x;
+      const T* dout = kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head +
+                                 p.q_offset(p.dout_stride, b, i) + x
+                           : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                                 h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row + x;
       const uint4 ov = *reinterpret_cast<const uint4*>(o);
       const uint4 dv = *reinterpret_cast<const uint4*>(dout);
       const T* oe = reinterpret_cast<const T*>(&ov);
@@ -130,10 +240,31 @@ __global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float*
 }
 
 // ---- 3. dQ accumulator -> dtype --------------------------------------------------------------
-template <typename T, int D>
+template <typename T, int D, bool kVar = false>
 __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // 8-elem chunk
   const int dchunks = p.head_dim / 8;
+  if constexpr (kVar) {
+    if (p.is_varlen()) {
+      // Row h * total_q + token (bwd_row); tokens no sequence covers keep what dq held.
+      if (c >= bwd_rows(p) * dchunks) return;
+      const int64_t row = c / dchunks;
+      const int ch = static_cast<int>(c % dchunks);
+      const int tok = static_cast<int>(row % p.total_q), h = static_cast<int>(row / p.total_q);
+      if (tok < p.cu_seqlens_q[0] || tok >= p.cu_seqlens_q[p.batch]) return;
+      const float* a = dq_accum + row * D + ch * 8;
+      const float4 x0 = *reinterpret_cast<const float4*>(a), x1 = *reinterpret_cast<const float4*>(a + 4);
+      uint4 out;
+      out.x = prim::Elem<T>::pack(x0.x, x0.y);
+      out.y = prim::Elem<T>::pack(x0.z, x0.w);
+      out.z = prim::Elem<T>::pack(x1.x, x1.y);
+      out.w = prim::Elem<T>::pack(x1.z, x1.w);
+      T* dq = static_cast<T*>(p.dq) + h * p.dq_stride.head +
+              static_cast<int64_t>(tok) * p.dq_stride.row + ch * 8;
+      *reinterpret_cast<uint4*>(dq) = out;
+      return;
+    }
+  }
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   if (c >= rows * dchunks) return;
   const int64_t row = c / dchunks;
@@ -157,7 +288,7 @@ __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
 // d64 with 32 queries per step fits in 128 registers (ptxas: 36/60 bytes spilled, bf16) and
 // 56.5 KB of shared memory, so two blocks (16 warps) share an SM: 1.36x n128m64w8 (H100, s=4096).
 // d128 cannot: dK + dV alone are 128 fp32 registers per thread.
-template <typename T, int D, int BN, int BM, int NW>
+template <typename T, int D, int BN, int BM, int NW, bool kVar = false, bool kDrop = false>
 __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
     bwd_tc_kernel(const AttnParams p, const float* __restrict__ dsum, float* dq_accum) {
   // dq_accum == nullptr: deterministic mode, dQ is left to bwd_dq_kernel.
@@ -181,17 +312,26 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = p.group();
   const int n0 = n_block * BN;
-  const int rows_k = min(BN, p.seqlen_k - n0);
+  // This sequence's lengths (fixed length: seqlen_q/k). Varlen grids cover the longest sequence.
+  const int sk = kVar ? p.actual_seqlen_k(b) : 0;
+  if (kVar && n0 >= sk) return;
+  const int sq = kVar ? p.actual_seqlen_q(b) : 0;
+  const int rows_k = min(BN, FP_BWD_SK - n0);
   const int dchunks = p.head_dim / 8;
-
-  T* dk_out = static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
-              static_cast<int64_t>(n0) * p.dk_stride.row;
-  T* dv_out = static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
-              static_cast<int64_t>(n0) * p.dv_stride.row;
+  // (Each kVar ? a : b below keeps b, the fixed-length expression, exactly as it was.)
+  T* dk_out = kVar ? static_cast<T*>(p.dk) + hk * p.dk_stride.head + p.kv_offset(p.dk_stride, b, n0)
+                   : static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
+                         static_cast<int64_t>(n0) * p.dk_stride.row;
+  T* dv_out = kVar ? static_cast<T*>(p.dv) + hk * p.dv_stride.head + p.kv_offset(p.dv_stride, b, n0)
+                   : static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
+                         static_cast<int64_t>(n0) * p.dv_stride.row;
 
   // Query rows that see any key of this block (API.md §2.3, solved for i).
   int i_min, i_max;
-  p.query_range(n0, n0 + rows_k, &i_min, &i_max);
+  if (kVar)
+    p.query_range(n0, n0 + rows_k, sq, sk, &i_min, &i_max);
+  else
+    p.query_range(n0, n0 + rows_k, &i_min, &i_max);
   if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
     for (int c = tid; c < rows_k * dchunks; c += kThreads) {
       const int r = c / dchunks, ch = c % dchunks;
@@ -203,10 +343,14 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
   const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
   const int n_iters = G * m_count;  // (query head, query block) pairs, flattened
 
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
-                static_cast<int64_t>(n0) * p.k_stride.row;
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
-                static_cast<int64_t>(n0) * p.v_stride.row;
+  const T* kg =
+      kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, n0)
+           : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
+                 static_cast<int64_t>(n0) * p.k_stride.row;
+  const T* vg =
+      kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, n0)
+           : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
+                 static_cast<int64_t>(n0) * p.v_stride.row;
   load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
   load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
 
@@ -214,16 +358,21 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
   auto load_q_block = [&](int it, int buf) {
     const int hq = hk * G + it / m_count;
     const int m0 = (m_first + it % m_count) * BM;
-    const int rows_q = min(BM, p.seqlen_q - m0);
-    const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
-                  static_cast<int64_t>(m0) * p.q_stride.row;
-    const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                   hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    const int rows_q = min(BM, FP_BWD_SQ - m0);
+    const T* qg =
+        kVar ? static_cast<const T*>(p.q) + hq * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
+             : static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
+                   static_cast<int64_t>(m0) * p.q_stride.row;
+    const T* dog = kVar ? static_cast<const T*>(p.dout) + hq * p.dout_stride.head +
+                              p.q_offset(p.dout_stride, b, m0)
+                        : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
+                              hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
     load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
                                             dchunks, qg, tid);
     load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
                                             rows_q, dchunks, dog, tid);
-    const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
+    const int64_t row0 = kVar ? bwd_row<kVar>(p, b, hq, m0)
+                              : (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q + m0;
     for (int r = tid; r < BM; r += kThreads) {
       // Rows past seqlen_q: lse = +inf makes P = 0 there, so they contribute nothing.
       sLse[buf * BM + r] = r < rows_q ? p.softmax_lse[row0 + r] * prim::kLog2e : INFINITY;
@@ -291,31 +440,47 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
         prim::mma_16816<T>(s[2 * np + 1], ak, bq[2], bq[3]);
       }
     }
-    const int q_last = min(m0 + BM, p.seqlen_q) - 1;
-    bool full_tile = n0 + BN <= p.seqlen_k;
+    const int q_last = min(m0 + BM, FP_BWD_SQ) - 1;
+    bool full_tile = n0 + BN <= FP_BWD_SK;
     if (p.has_window()) {
       int lo_a, hi_a, lo_b, hi_b;
-      p.key_range(m0, &lo_a, &hi_a);
-      p.key_range(q_last, &lo_b, &hi_b);
+      if (kVar) {
+        p.key_range(m0, sq, sk, &lo_a, &hi_a);
+        p.key_range(q_last, sq, sk, &lo_b, &hi_b);
+      } else {
+        p.key_range(m0, &lo_a, &hi_a);
+        p.key_range(q_last, &lo_b, &hi_b);
+      }
       full_tile = full_tile && lo_b <= n0 && hi_a >= n0 + BN;
     }
     const float slope = prim::alibi_slope(p, b, hq);
     const float* lse_s = sLse + buf * BM;
     const float* ds_s = sDs + buf * BM;
     // pP: P^T as A fragments (m = key, k = query). pS: P^T times the softcap derivative
-    // (1 - tanh^2), the factor dS needs; identical to pP without softcap.
+    // (1 - tanh^2), the factor dS needs; identical to pP without softcap. Dropout: pP is
+    // P * keep / (1 - p) (what dV needs), pS is P (no softcap with dropout, API.md 2.7).
     uint32_t pP[BM / 16][4], pS[BM / 16][4];
     const bool cap = p.softcap > 0.f;
+    const uint64_t drop_row = kDrop ? bwd_philox_row(p, b, hq, m0) : 0;
 #pragma unroll
     for (int nt = 0; nt < kQT; ++nt) {
       float lse2[2];
       int lo[2], hi[2];
+      [[maybe_unused]] uint32_t keep = 0;  // dropout keep bits, bit c + 2r
+      if constexpr (kDrop)
+        keep = bwd_dropout_keep4(p, drop_row + static_cast<uint64_t>(nt * 8 + 2 * t) * p.seqlen_k,
+                                 key_r0, g);
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int ql = nt * 8 + 2 * t + c;
         lse2[c] = lse_s[ql];
-        int l = 0, h = p.seqlen_k;
-        if (!full_tile) p.key_range(m0 + ql, &l, &h);
+        int l = 0, h = FP_BWD_SK;
+        if (!full_tile) {
+          if (kVar)
+            p.key_range(m0 + ql, sq, sk, &l, &h);
+          else
+            p.key_range(m0 + ql, &l, &h);
+        }
         lo[c] = l;
         hi[c] = h;
       }
@@ -331,11 +496,14 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
             pc[c] = pv[c];
           } else {
             float th;
-            const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+            // Varlen: ALiBi aligns with this sequence's own lengths (sk - sq).
+            const float z = kVar ? prim::logit_off(p, s[nt][2 * r + c], slope, i, j, sk - sq, &th)
+                                 : prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
             pv[c] = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[c]));
             pc[c] = cap ? pv[c] * (1.f - th * th) : pv[c];
           }
           if (!full_tile && (j < lo[c] || j >= hi[c])) pv[c] = pc[c] = 0.f;
+          if constexpr (kDrop) pv[c] = (keep >> (c + 2 * r)) & 1u ? pv[c] * p.rp_dropout : 0.f;
         }
         pP[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pv[0], pv[1]);
         pS[nt / 2][(nt % 2) * 2 + r] = prim::Elem<T>::pack(pc[0], pc[1]);
@@ -378,8 +546,14 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
-        dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
-        dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+        if constexpr (kDrop) {  // dS = P_d dP - P Dsum
+          const float2 pd = bwd_unpack<T>(pP[nt / 2][(nt % 2) * 2 + r]);
+          dp[nt][2 * r] = fmaf(pd.x, dp[nt][2 * r], -pc.x * d0);
+          dp[nt][2 * r + 1] = fmaf(pd.y, dp[nt][2 * r + 1], -pc.y * d1);
+        } else {
+          dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
+          dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+        }
       }
     }
 
@@ -425,11 +599,12 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
         prim::mma_16816<T>(acc_dq[2 * dp2 + 1], a, bk[2], bk[3]);
       }
     }
-    float* dqa = dq_accum + ((static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q) * D;
+    float* dqa = dq_accum + (kVar ? bwd_row<kVar>(p, b, hq, 0)
+                                  : (static_cast<int64_t>(b) * p.nheads + hq) * p.seqlen_q) * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = m0 + wm * 16 + g + 8 * r;
-      if (i < p.seqlen_q) {
+      if (i < FP_BWD_SQ) {
 #pragma unroll
         for (int dt = 0; dt < kDQT; ++dt) {
           const int col = wn * (D / Tr::kWarpsN) + dt * 8 + 2 * t;
@@ -484,7 +659,7 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
 // accumulates dQ = dS K in registers, so no two blocks ever write the same dQ element.
 template <int D> struct DqTile { static constexpr int BM = 64, BN = 64, NW = 4; };
 
-template <typename T, int D>
+template <typename T, int D, bool kVar = false, bool kDrop = false>
 __global__ void __launch_bounds__(DqTile<D>::NW * 32)
     bwd_dq_kernel(const AttnParams p, const float* __restrict__ dsum) {
 #if FLASHPLUS_HAS_MMA_SYNC
@@ -502,13 +677,22 @@ __global__ void __launch_bounds__(DqTile<D>::NW * 32)
   const int lrow = lane % 8, lsel1 = (lane / 8) % 2, lsel2 = lane / 16;
   const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
   const int m0 = m_block * BM;
-  const int rows_q = min(BM, p.seqlen_q - m0);
+  const int sq = kVar ? p.actual_seqlen_q(b) : 0;
+  if (kVar && m0 >= sq) return;
+  const int sk = kVar ? p.actual_seqlen_k(b) : 0;
+  const int rows_q = min(BM, FP_BWD_SQ - m0);
   const int dchunks = p.head_dim / 8;
-  T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head +
-          static_cast<int64_t>(m0) * p.dq_stride.row;
+  T* dq = kVar ? static_cast<T*>(p.dq) + h * p.dq_stride.head + p.q_offset(p.dq_stride, b, m0)
+               : static_cast<T*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head +
+                     static_cast<int64_t>(m0) * p.dq_stride.row;
   int lo_first, hi_first, lo_last, hi_last;
-  p.key_range(m0, &lo_first, &hi_first);
-  p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  if (kVar) {
+    p.key_range(m0, sq, sk, &lo_first, &hi_first);
+    p.key_range(m0 + rows_q - 1, sq, sk, &lo_last, &hi_last);
+  } else {
+    p.key_range(m0, &lo_first, &hi_first);
+    p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  }
   const int n_lo = lo_first, n_hi = hi_last;
   if (n_lo >= n_hi) {
     for (int c = tid; c < rows_q * dchunks; c += kThreads) {
@@ -517,19 +701,26 @@ __global__ void __launch_bounds__(DqTile<D>::NW * 32)
     }
     return;
   }
-  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
-                static_cast<int64_t>(m0) * p.q_stride.row;
-  const T* dog = static_cast<const T*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
+  const T* qg =
+      kVar ? static_cast<const T*>(p.q) + h * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
+           : static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
+                 static_cast<int64_t>(m0) * p.q_stride.row;
+  const T* dog =
+      kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head + p.q_offset(p.dout_stride, b, m0)
+           : static_cast<const T*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
                  static_cast<int64_t>(m0) * p.dout_stride.row;
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
-  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  const T* kg = kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, 0)
+                     : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
+  const T* vg = kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, 0)
+                     : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
   load_tile_async<TileQ, BM, D, kThreads>(sQ, qg, p.q_stride.row, rows_q, dchunks, qg, tid);
   load_tile_async<TileQ, BM, D, kThreads>(sdO, dog, p.dout_stride.row, rows_q, dchunks, dog, tid);
   prim::cp_async_commit();
 
   // This thread's two rows: lse (log2 units) and Dsum.
   float lse2[2], dsr[2];
-  const int64_t row0 = (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0;
+  const int64_t row0 = kVar ? bwd_row<kVar>(p, b, h, m0)
+                            : (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int rl = warp * 16 + g + 8 * r;
@@ -555,9 +746,9 @@ __global__ void __launch_bounds__(DqTile<D>::NW * 32)
     const int n0 = nb * BN;
     __syncthreads();  // previous tile fully consumed
     load_tile_async<TileKV, BN, D, kThreads>(sK, kg + static_cast<int64_t>(n0) * p.k_stride.row,
-                                             p.k_stride.row, p.seqlen_k - n0, dchunks, kg, tid);
+                                             p.k_stride.row, FP_BWD_SK - n0, dchunks, kg, tid);
     load_tile_async<TileKV, BN, D, kThreads>(sV, vg + static_cast<int64_t>(n0) * p.v_stride.row,
-                                             p.v_stride.row, p.seqlen_k - n0, dchunks, vg, tid);
+                                             p.v_stride.row, FP_BWD_SK - n0, dchunks, vg, tid);
     prim::cp_async_commit();
     prim::cp_async_wait<0>();
     __syncthreads();
@@ -582,26 +773,37 @@ __global__ void __launch_bounds__(DqTile<D>::NW * 32)
         prim::mma_16816<T>(dp[2 * np + 1], ado, bv[2], bv[3]);
       }
     }
-    const bool full_tile = n0 + BN <= p.seqlen_k && n0 >= lo_last && n0 + BN <= hi_first;
+    const bool full_tile = n0 + BN <= FP_BWD_SK && n0 >= lo_last && n0 + BN <= hi_first;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = m0 + warp * 16 + g + 8 * r;
-      int lo = 0, hi = p.seqlen_k;
-      if (!full_tile) p.key_range(i, &lo, &hi);
+      int lo = 0, hi = FP_BWD_SK;
+      if (!full_tile) {
+        if (kVar)
+          p.key_range(i, sq, sk, &lo, &hi);
+        else
+          p.key_range(i, &lo, &hi);
+      }
+      const uint64_t drop_row = kDrop ? bwd_philox_row(p, b, h, i) : 0;
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int j = n0 + nt * 8 + 2 * t + c;
           float pv, dsv;
+          // Dropout: dS = P (dP keep / (1 - p) - Dsum).
+          const float dpv = !kDrop ? dp[nt][2 * r + c]
+                            : bwd_dropout_keep(p, drop_row + j) ? dp[nt][2 * r + c] * p.rp_dropout
+                                                                : 0.f;
           if (plain) {
             pv = prim::fast_exp2(fmaf(s[nt][2 * r + c], scale_log2, -lse2[r]));
-            dsv = pv * (dp[nt][2 * r + c] - dsr[r]);
+            dsv = pv * (dpv - dsr[r]);
           } else {
             float th;
-            const float z = prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
+            const float z = kVar ? prim::logit_off(p, s[nt][2 * r + c], slope, i, j, sk - sq, &th)
+                                 : prim::logit(p, s[nt][2 * r + c], slope, i, j, &th);
             pv = prim::fast_exp2(fmaf(z, prim::kLog2e, -lse2[r]));
-            dsv = pv * (dp[nt][2 * r + c] - dsr[r]);
+            dsv = pv * (dpv - dsr[r]);
             if (p.softcap > 0.f) dsv *= 1.f - th * th;
           }
           if (!full_tile && (j < lo || j >= hi)) dsv = 0.f;
@@ -691,7 +893,8 @@ inline Status bwd_workspace_pool(cudaMemPool_t* pool) {
 
 // The three (four in deterministic mode) launches around one main kernel: `main_kernel` is
 // bwd_tc_kernel or bwd_gmma_kernel, BN keys per block, `threads` and `smem` bytes per block.
-template <typename T, int D, int BN>
+// kVar, kDrop: the flags `main_kernel` was instantiated with (the auxiliary kernels follow them).
+template <typename T, int D, int BN, bool kVar = false, bool kDrop = false>
 Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
                        void (*main_kernel)(const AttnParams, const float*, float*), int threads,
                        int smem) {
@@ -700,7 +903,7 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
   const bool det = p.deterministic;
   if (smem > max_smem_optin() || (det && kDqSmem > max_smem_optin()))
     return Status::NoInstance("bwd_tc: tile needs more shared memory than this device has");
-  const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
+  const int64_t rows = kVar ? bwd_rows(p) : static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   // Workspace: fp32 dQ accumulator (rows x D; not in deterministic mode) and Dsum (rows) unless
   // p.softmax_d holds it. Stream-ordered, so no device-wide synchronisation.
   float* ws = nullptr;
@@ -720,7 +923,7 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
   {
     constexpr int kRows = BwdPre<D>::kRows;
     const dim3 grid((p.seqlen_q + kRows - 1) / kRows, p.nheads, p.batch);
-    bwd_preprocess<T, D><<<grid, 128, 0, stream>>>(p, dsum, dq_accum);
+    bwd_preprocess<T, D, kVar><<<grid, 128, 0, stream>>>(p, dsum, dq_accum);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return fail(e, "launch of bwd_preprocess");
   }
@@ -735,7 +938,7 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
     if (e != cudaSuccess) return fail(e, "launch of the backward main kernel");
   }
   if (det) {
-    auto kernel = bwd_dq_kernel<T, D>;
+    auto kernel = bwd_dq_kernel<T, D, kVar, kDrop>;
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kDqSmem);
     if (e == cudaSuccess) {
       const dim3 grid((p.seqlen_q + DT::BM - 1) / DT::BM, p.nheads, p.batch);
@@ -745,7 +948,8 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
     if (e != cudaSuccess) return fail(e, "launch of bwd_dq_kernel");
   } else {
     const int64_t chunks = rows * (p.head_dim / 8);
-    bwd_convert_dq<T, D><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, stream>>>(p, dq_accum);
+    bwd_convert_dq<T, D, kVar>
+        <<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, stream>>>(p, dq_accum);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return fail(e, "launch of bwd_convert_dq");
   }
@@ -753,11 +957,11 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
   return Status::Ok();
 }
 
-template <typename T, int D, int BN, int BM, int NW>
+template <typename T, int D, int BN, int BM, int NW, bool kVar = false, bool kDrop = false>
 Status launch_bwd_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = BwdTraits<D, BN, BM, NW>;
-  return launch_bwd_main<T, D, BN>(p, stream, bwd_tc_kernel<T, D, BN, BM, NW>, Tr::kThreads,
-                                   Tr::kSmemBytes);
+  return launch_bwd_main<T, D, BN, kVar, kDrop>(
+      p, stream, bwd_tc_kernel<T, D, BN, BM, NW, kVar, kDrop>, Tr::kThreads, Tr::kSmemBytes);
 }
 
 template <typename T, int D, int BN, int BM, int NW>
@@ -767,6 +971,16 @@ Status launch_bwd_gmma_tile(const AttnParams& p, gpuStream_t stream) {
                                    p.deterministic ? bwd_gmma_kernel<T, D, BN, BM, NW, true>
                                                    : bwd_gmma_kernel<T, D, BN, BM, NW, false>,
                                    Tr::kThreads, Tr::kSmemBytes);
+}
+
+// Varlen / dropout on the wgmma kernel: not deterministic (that runs the mma.sync kernel with
+// bwd_dq_kernel), so one instance per flag pair.
+template <typename T, int D, int BN, int BM, int NW, bool kVar, bool kDrop>
+Status launch_bwd_gmma_var_tile(const AttnParams& p, gpuStream_t stream) {
+  using Tr = BwdGmmaTraits<D, BN, BM, NW>;
+  return launch_bwd_main<T, D, BN, kVar, kDrop>(
+      p, stream, bwd_gmma_kernel<T, D, BN, BM, NW, false, kVar, kDrop>, Tr::kThreads,
+      Tr::kSmemBytes);
 }
 
 // Whether this translation unit's wgmma kernels exist in the image loaded for the current device
@@ -834,6 +1048,45 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
   return Status::NoInstance("bwd_tc: no compiled tile m" + std::to_string(cfg.block_m) + "n" +
                             std::to_string(cfg.block_n) + "w" + std::to_string(cfg.num_warps) +
                             " for head-dim bucket " + std::to_string(D));
+}
+
+}  // namespace flashplus::gpu::tc
+
+namespace flashplus::gpu::tc {
+
+// Variable-length batches and dropout (kernels/gpu/bwd/bwd_var_<dtype>_d<D>.cu): the bucket's
+// default tile only, as the forward, with kVar on (it also serves fixed-length dropout) and kDrop
+// when dropout is on. Where the wgmma kernel runs it takes the non-deterministic calls; the
+// mma.sync kernel (with bwd_dq_kernel) the rest. A config naming another tile answers
+// no_instance and the backend retries the default.
+template <typename T, int D>
+Status launch_bwd_var(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream) {
+  if (cfg.num_splits > 1 || cfg.stages > 2)
+    return Status::NoInstance("bwd_tc: no such pipeline compiled");
+  if (p.batch == 0 || p.nheads == 0 || p.seqlen_k == 0 || p.seqlen_q == 0)
+    return Status::NoInstance("bwd_tc: empty problem (left to the fallback)");
+  const bool drop = p.has_dropout();
+  if (bwd_gmma_usable(stream) && !p.deterministic) {
+#define FLASHPLUS_BWD_GMMA_VAR(DD, BN, BM, NW)                                             \
+  if (tile_selected(cfg, BM, BN, NW, true))                                                \
+    return drop ? launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, true>(p, stream)       \
+                : launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, false>(p, stream);
+    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_VAR) }
+    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_VAR) }
+#undef FLASHPLUS_BWD_GMMA_VAR
+    return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
+  }
+  // The bucket's first (default) mma.sync tile.
+#define FLASHPLUS_BWD_TC_VAR(DD, BN, BM, NW)                                               \
+  if constexpr (is_default_bwd_tile(DD, BN, BM, NW)) {                                     \
+    if (tile_selected(cfg, BM, BN, NW, true))                                              \
+      return drop ? launch_bwd_tile<T, DD, BN, BM, NW, true, true>(p, stream)              \
+                  : launch_bwd_tile<T, DD, BN, BM, NW, true, false>(p, stream);            \
+  }
+  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TC_VAR) }
+  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TC_VAR) }
+#undef FLASHPLUS_BWD_TC_VAR
+  return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
 }
 
 }  // namespace flashplus::gpu::tc

@@ -178,9 +178,14 @@ struct AttnParams {
   // Query rows [*i_lo, *i_hi] (inclusive; empty when *i_lo > *i_hi) that see any key of
   // [j0, j1): key_range solved for i, fixed-length sizes. The backward kernels visit only these.
   FLASHPLUS_HD void query_range(int j0, int j1, int* i_lo, int* i_hi) const {
-    int lo = 0, hi = seqlen_q - 1;
+    query_range(j0, j1, seqlen_q, seqlen_k, i_lo, i_hi);
+  }
+  // The same for a sequence of actual lengths sq, sk (varlen: actual_seqlen_q/k(b)); [j0, j1)
+  // inside [0, sk).
+  FLASHPLUS_HD void query_range(int j0, int j1, int sq, int sk, int* i_lo, int* i_hi) const {
+    int lo = 0, hi = sq - 1;
     if (window_left >= 0) {
-      const int off = seqlen_k - seqlen_q;
+      const int off = sk - sq;
       const int a = j0 - off - window_right, z = j1 - 1 - off + window_left;
       lo = a > lo ? a : lo;
       hi = z < hi ? z : hi;
