@@ -100,6 +100,20 @@ int main() {
     lp.ints({0, 5});
     good(run(false, false, true, splits), "good leftpad after bad calls" + sp);
   }
+  // The pointer checks (backend_gpu.cu: one driver query per allocation and call): host memory
+  // is refused whatever device allocations the call's other tensors lie in, and tensors that
+  // share an allocation are accepted.
+  sl.ints({100, 200});
+  std::vector<uint16_t> host_rows(static_cast<size_t>(B) * hk * d);
+  const auto VH = TensorView::contiguous(host_rows.data(), DType::bf16, {B, 1, hk, d},
+                                         DeviceKind::cuda, 0);
+  invalid(mha_fwd_kvcache(Q, KC, VC, KN, VH, sl.view({B}), none, none, none, none, none, none, O,
+                          L, 0.f, true, -1, -1, 0.f, false, 3, opts),
+          "v_new is not", "host memory as v_new");
+  const auto QK = kc.view({B, sq, h, d});  // q in k_cache's allocation (positions 0..3 of b 0)
+  good(mha_fwd_kvcache(QK, KC, VC, KN, VN, sl.view({B}), none, none, none, none, none, none, O, L,
+                       0.f, true, -1, -1, 0.f, false, 3, opts),
+       "q inside k_cache's allocation after a host-memory call");
   std::printf("%s: %d failed\n", g_fail ? "FAILED" : "OK", g_fail);
   return g_fail ? 1 : 0;
 }

@@ -11,7 +11,8 @@
 // Medians over `reps` calls, alternating two cache sets (the bench uses >= 2 too). Environment
 // knobs of the library apply (FLASHPLUS_KVCACHE_CHECK / FUSE / PDL / CONFIG); KV_SPLITS="0,64,96"
 // (0 = the heuristic's count), KV_PAGES="0,16,256" and KV_SHAPES="1x131072,8x16384,64x4096"
-// choose the cases.
+// choose the cases. KV_HOSTBENCH=1 first prints what the runtime calls a call makes before its
+// first launch cost on the host (mean ns over 4000 calls each; docs/PERF.md round 5).
 //   nvcc -O2 -std=c++17 -arch=sm_90a -Ikernels/include tests/device/kvcache_timing.cu \
 //     build-cuda/kernels/libflashplus.a -lfmt -o kv_timing
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include "flashplus/api.h"
@@ -92,6 +94,97 @@ double median(std::vector<double> v) {
   return v.empty() ? 0. : v[v.size() / 2];
 }
 
+__global__ void empty_kernel(int) {}
+
+template <class F>
+double mean_ns(int n, F f) {
+  for (int i = 0; i < 100; ++i) f(i);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) f(i);
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / n;
+}
+
+// The host's cost of each runtime call a decoding call makes before its first launch.
+void host_bench() {
+  const int n = 4000;
+  void* d = dalloc(1 << 20);
+  int x = 0;
+  std::printf("host: cudaGetDevice %.0f ns\n", mean_ns(n, [&](int) { CK(cudaGetDevice(&x)); }));
+  std::printf("host: cudaPointerGetAttributes %.0f ns\n", mean_ns(n, [&](int) {
+                cudaPointerAttributes a{};
+                CK(cudaPointerGetAttributes(&a, d));
+              }));
+  using Fn = CUresult (*)(unsigned, CUpointer_attribute*, void**, CUdeviceptr);
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult q{};
+  CK(cudaGetDriverEntryPointByVersion("cuPointerGetAttributes", &f, 12000, cudaEnableDefault, &q));
+  const Fn fn = reinterpret_cast<Fn>(f);
+  std::printf("host: cuPointerGetAttributes(4 attributes) %.0f ns\n", mean_ns(n, [&](int) {
+                unsigned type = 0;
+                unsigned long long managed = 0;
+                CUdeviceptr start = 0;
+                size_t size = 0;
+                CUpointer_attribute at[4] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                             CU_POINTER_ATTRIBUTE_IS_MANAGED,
+                                             CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                             CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+                void* data[4] = {&type, &managed, &start, &size};
+                if (fn(4, at, data, reinterpret_cast<CUdeviceptr>(d)) != CUDA_SUCCESS) std::exit(4);
+              }));
+  std::vector<char> host(64);
+  std::printf("host: cudaPointerGetAttributes(host memory) %.0f ns\n", mean_ns(n, [&](int) {
+                cudaPointerAttributes a{};
+                (void)cudaPointerGetAttributes(&a, host.data());
+                (void)cudaGetLastError();
+              }));
+  cudaMemPool_t pool = nullptr;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = 0;
+  CK(cudaMemPoolCreate(&pool, &props));
+  uint64_t keep = UINT64_MAX;
+  CK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  std::printf("host: cudaMallocFromPoolAsync+cudaFreeAsync %.0f ns\n", mean_ns(n, [&](int i) {
+                void* w = nullptr;
+                CK(cudaMallocFromPoolAsync(&w, 1 << 20, pool, nullptr));
+                CK(cudaFreeAsync(w, nullptr));
+                if (i % 256 == 255) CK(cudaStreamSynchronize(nullptr));
+              }));
+  CK(cudaDeviceSynchronize());
+  auto launch = [&](bool pdl) {
+    cudaLaunchConfig_t lc{};
+    lc.gridDim = dim3(512);
+    lc.blockDim = dim3(64);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&lc, empty_kernel, 0));
+  };
+  std::printf("host: cudaLaunchKernelEx %.0f ns, with PDL %.0f ns\n", mean_ns(n, [&](int i) {
+                launch(false);
+                if (i % 256 == 255) CK(cudaStreamSynchronize(nullptr));
+              }),
+              mean_ns(n, [&](int i) {
+                launch(true);
+                if (i % 256 == 255) CK(cudaStreamSynchronize(nullptr));
+              }));
+  CK(cudaDeviceSynchronize());
+  std::printf("host: cudaStreamSynchronize(idle) %.0f ns, cudaStreamQuery(idle) %.0f ns\n",
+              mean_ns(n, [&](int) { CK(cudaStreamSynchronize(nullptr)); }),
+              mean_ns(n, [&](int) { CK(cudaStreamQuery(nullptr)); }));
+  std::printf("host: launch + cudaStreamSynchronize %.0f ns\n", mean_ns(n / 4, [&](int) {
+                launch(false);
+                CK(cudaStreamSynchronize(nullptr));
+              }));
+  CK(cudaMemPoolDestroy(pool));
+  CK(cudaFree(d));
+  std::fflush(stdout);
+}
+
 struct Set {
   void *q, *k, *v, *kn, *vn, *out, *lse, *sl, *bt;
 };
@@ -107,6 +200,7 @@ int main(int argc, char** argv) {
   const std::vector<int> splits = int_list("KV_SPLITS", "0");
   RunOptions opts;
   opts.backend = Backend::cuda;
+  if (const char* hb = std::getenv("KV_HOSTBENCH"); hb && hb[0] == '1') host_bench();
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
