@@ -21,7 +21,6 @@
 
 #if !FLASHPLUS_VENDOR_HIP
 #include <cublas_v2.h>  // types and signatures only: cuBLAS is loaded at run time (dlopen)
-#include <cuda.h>       // types only: cuPointerGetAttributes comes from the runtime's entry point
 #endif
 
 #if FLASHPLUS_VENDOR_HIP
@@ -125,96 +124,10 @@ bool force_fallback() {
   return v;
 }
 
-#if !FLASHPLUS_VENDOR_HIP
-// FLASHPLUS_GPU_PTRQ=0 asks the runtime about every tensor (cudaPointerGetAttributes, the way
-// before kv-cache round 5); default: one driver query per distinct allocation and call.
-bool ptr_query_ranges() {
-  static const bool v = [] {
-    const char* e = std::getenv("FLASHPLUS_GPU_PTRQ");
-    return e == nullptr || e[0] != '0';
-  }();
-  return v;
-}
-
-using PtrAttrsFn = CUresult (*)(unsigned, CUpointer_attribute*, void**, CUdeviceptr);
-// cuPointerGetAttributes through the runtime's entry point (no link against libcuda); null when
-// the driver does not give it (the runtime query is used then).
-PtrAttrsFn driver_ptr_attrs() {
-  static const PtrAttrsFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuPointerGetAttributes", &f, 12000, cudaEnableDefault,
-                                         &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      f = nullptr;
-    }
-    return reinterpret_cast<PtrAttrsFn>(f);
-  }();
-  return fn;
-}
-#endif
-
-// The pointer checks of one call (prepare + fwd_kvcache). Each tensor's base must be device (or
-// managed) memory. The runtime's query costs 123 ns of the host's time before the first launch
-// per tensor (nine in a decoding call), the driver's four-attribute one 73 ns (H100 host,
-// docs/PERF.md "KV-cache decoding, round 5"): the driver is asked once per allocation (type,
-// managed, range start and size) and a pointer inside a range already found to be device memory
-// in the same call needs no query. Nothing is kept across calls (an allocation freed and its
-// address reused for host memory must be caught by the next call).
-class PtrCheck {
- public:
-  void reset() { n_ = 0; }
-  Status check(const char* name, const void* ptr) {
-    if (ptr == nullptr) return Status::Ok();
-    if (!device_memory(ptr))
-      return Status::Invalid(std::string(name) + " is not " + FLASHPLUS_VENDOR_NAME +
-                             " device memory");
-    return Status::Ok();
-  }
-
- private:
-  bool device_memory(const void* ptr) {
-#if !FLASHPLUS_VENDOR_HIP
-    const PtrAttrsFn fn = ptr_query_ranges() ? driver_ptr_attrs() : nullptr;
-    if (fn != nullptr) {
-      const auto u = reinterpret_cast<uintptr_t>(ptr);
-      for (int i = 0; i < n_; ++i)
-        if (u >= lo_[i] && u - lo_[i] < size_[i]) return true;
-      unsigned type = 0;
-      unsigned long long managed = 0;  // the driver writes a bool into the first byte
-      CUdeviceptr start = 0;
-      size_t size = 0;
-      CUpointer_attribute at[4] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_IS_MANAGED,
-                                   CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-                                   CU_POINTER_ATTRIBUTE_RANGE_SIZE};
-      void* data[4] = {&type, &managed, &start, &size};
-      // Unknown (host) pointers: CUDA_SUCCESS with the attributes left at zero. Any error (e.g.
-      // no context current on this thread yet): the runtime decides, as before.
-      if (fn(4, at, data, static_cast<CUdeviceptr>(u)) != CUDA_SUCCESS)
-        return platform::is_device_pointer(ptr);
-      const bool dev = type == CU_MEMORYTYPE_DEVICE || (managed & 0xff) != 0;
-      if (dev && size > 0 && start <= u && n_ < kMax) {
-        lo_[n_] = static_cast<uintptr_t>(start);
-        size_[n_] = size;
-        ++n_;
-      }
-      return dev;
-    }
-#endif
-    return platform::is_device_pointer(ptr);
-  }
-
-  static constexpr int kMax = 24;
-  int n_ = 0;
-  uintptr_t lo_[kMax] = {};
-  size_t size_[kMax] = {};
-};
-
-thread_local PtrCheck t_ptr_check;
-
 Status check_pointer(const char* name, const void* ptr) {
-  return t_ptr_check.check(name, ptr);
+  if (ptr == nullptr || platform::is_device_pointer(ptr)) return Status::Ok();
+  return Status::Invalid(std::string(name) + " is not " + FLASHPLUS_VENDOR_NAME +
+                         " device memory");
 }
 
 Status prepare(const AttnParams& p, DeviceGuard* guard, const Device** dev) {
@@ -229,7 +142,6 @@ Status prepare(const AttnParams& p, DeviceGuard* guard, const Device** dev) {
   FLASHPLUS_RETURN_IF_ERROR(guard->enter(p.device_index));
   *dev = &table[p.device_index];
   // A kernel that dereferences host memory would poison the whole context; refuse it up front.
-  t_ptr_check.reset();
   const std::pair<const char*, const void*> tensors[] = {
       {"q", p.q},       {"k", p.k},   {"v", p.v},   {"out", p.out},
       {"softmax_lse", p.softmax_lse}, {"alibi_slopes", p.alibi_slopes},

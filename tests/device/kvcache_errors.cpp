@@ -100,9 +100,9 @@ int main() {
     lp.ints({0, 5});
     good(run(false, false, true, splits), "good leftpad after bad calls" + sp);
   }
-  // The pointer checks (backend_gpu.cu: one driver query per allocation and call): host memory
-  // is refused whatever device allocations the call's other tensors lie in, and tensors that
-  // share an allocation are accepted.
+  // The pointer checks before any launch (backend_gpu.cu): host memory is refused whatever device
+  // allocations the call's other tensors lie in, and tensors that share an allocation are
+  // accepted.
   sl.ints({100, 200});
   std::vector<uint16_t> host_rows(static_cast<size_t>(B) * hk * d);
   const auto VH = TensorView::contiguous(host_rows.data(), DType::bf16, {B, 1, hk, d},

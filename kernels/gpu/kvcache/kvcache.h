@@ -14,8 +14,7 @@
 // Indices the caller passes in device memory (cache_seqlens, block_table, cache_batch_idx,
 // cache_leftpad, rotary positions) are range-checked in the kernels: an out-of-range one is never
 // dereferenced and sets the flag of its kind (KvcacheError bit i = flag i, in mapped pinned host
-// memory); the host reads the flags after a stream synchronisation to return Status::Invalid
-// (FLASHPLUS_KVCACHE_SPIN=N: after the last kernel's done word instead, kvcache_kernel.cuh).
+// memory); the host reads the flags after a stream synchronisation to return Status::Invalid.
 #pragma once
 #include <string>
 #include <vector>

@@ -18,7 +18,6 @@
 #endif
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -56,14 +55,6 @@ struct KvArgs {
   // Append fused into the attention (k_new without rotary, kv_fuse_append): the keys of the new
   // tokens are read from k_new / v_new, and one block per (b, kv head) writes them into the cache.
   int fuse_append = 0;
-  // Checked calls without a stream synchronisation (kv_signal_done): the last block of kernel
-  // `done_in` (1 = attention, 2 = combine, 0 = none) to finish sets *done, a mapped pinned word
-  // the host spins on, after every error flag of the call is visible to the host. done_count
-  // counts that kernel's finished blocks (device memory, 0 between calls: the last block resets
-  // it).
-  int done_in = 0;
-  int* done = nullptr;
-  unsigned* done_count = nullptr;
 };
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
@@ -79,27 +70,6 @@ __device__ __forceinline__ void kv_report(int* err, int bits) {
 #pragma unroll
   for (int i = 0; i < kKvErrSlots; ++i)
     if (bits & (1 << i)) e[i] = 1;
-  // Visible to the host before this thread's block counts itself done (kv_signal_done); only
-  // on the error path.
-  __threadfence_system();
-}
-
-// The end of the last kernel of a checked call: the block that finishes last (a device-scope
-// counter; each block's flags were fenced by kv_report before it counts) resets the counter for
-// the next call and sets the done word with a system-scope fence in between, so the host that
-// sees done == 1 also sees every error flag of the call. Every thread of the block calls it.
-__device__ __forceinline__ void kv_signal_done(const KvArgs& a) {
-  __syncthreads();  // the block's own flags (and outputs) are written
-  if (threadIdx.x == 0) {
-    __threadfence();
-    const unsigned total = gridDim.x * gridDim.y * gridDim.z;
-    if (atomicAdd(a.done_count, 1u) == total - 1) {
-      __threadfence();  // the other blocks' counts (and so their flags) happened before
-      *a.done_count = 0;
-      __threadfence_system();
-      *reinterpret_cast<volatile int*>(a.done) = 1;
-    }
-  }
 }
 
 // Programmatic dependent launch (sm_90): a kernel launched with the programmatic stream
@@ -704,7 +674,6 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     }
   }
   if (bad) kv_report(a.err, bad);
-  if (a.done_in == 1) kv_signal_done(a);
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -810,7 +779,6 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
     *reinterpret_cast<uint2*>(out) = v;
   }
   if (tid == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
-  if (a.done_in == 2) kv_signal_done(a);
 }
 
 // ---- host: launch one tile ----------------------------------------------------------------------
@@ -922,29 +890,22 @@ Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream,
 // stream synchronisation the host reads it and gives it back. Replaces a memset and a pageable
 // 4-byte device-to-host copy per call. A slot whose call failed before the synchronisation is not
 // given back (a kernel may still write it).
-// Each slot has kKvErrSlots flags and the done word (kv_signal_done) after them, and a device
-// counter for the signalling kernel's blocks (zeroed once here, reset by each call's last block).
-constexpr int kKvSlotWords = kKvErrSlots + 1;
 struct KvErrSlot {
   int* host = nullptr;
   int* device = nullptr;
-  unsigned* count = nullptr;
 };
 inline std::mutex& kv_err_mutex() {
   static std::mutex mu;
   return mu;
 }
-// Per device: a slot's counter is device memory of the device it was made on.
-inline std::vector<KvErrSlot>& kv_err_free(int device) {
-  static std::vector<KvErrSlot> v[kMaxDevices];
-  return v[device];
+inline std::vector<KvErrSlot>& kv_err_free() {
+  static std::vector<KvErrSlot> v;
+  return v;
 }
-inline Status kv_err_acquire(int device, KvErrSlot* slot) {
-  if (device < 0 || device >= kMaxDevices)
-    return Status::Unsupported("kvcache: device index beyond 64");
+inline Status kv_err_acquire(KvErrSlot* slot) {
   {
     std::lock_guard<std::mutex> lock(kv_err_mutex());
-    auto& v = kv_err_free(device);
+    auto& v = kv_err_free();
     if (!v.empty()) {
       *slot = v.back();
       v.pop_back();
@@ -952,75 +913,24 @@ inline Status kv_err_acquire(int device, KvErrSlot* slot) {
     }
   }
   void* h = nullptr;
-  FLASHPLUS_GPU_CHECK(cudaHostAlloc(&h, kKvSlotWords * sizeof(int),
+  FLASHPLUS_GPU_CHECK(cudaHostAlloc(&h, kKvErrSlots * sizeof(int),
                                     cudaHostAllocMapped | cudaHostAllocPortable));
   void* d = nullptr;
-  cudaError_t e = cudaHostGetDevicePointer(&d, h, 0);
+  const cudaError_t e = cudaHostGetDevicePointer(&d, h, 0);
   if (e != cudaSuccess) {
     (void)cudaFreeHost(h);
     return platform::gpu_status(e, "kvcache: mapping the error flags");
   }
-  void* c = nullptr;
-  e = cudaMalloc(&c, sizeof(unsigned));
-  if (e == cudaSuccess) e = cudaMemset(c, 0, sizeof(unsigned));  // synchronous: once per slot
-  if (e != cudaSuccess) {
-    if (c != nullptr) (void)cudaFree(c);
-    (void)cudaFreeHost(h);
-    return platform::gpu_status(e, "kvcache: the done counter");
-  }
   slot->host = static_cast<int*>(h);
   slot->device = static_cast<int*>(d);
-  slot->count = static_cast<unsigned*>(c);
   return Status::Ok();
 }
-inline void kv_err_release(int device, const KvErrSlot& slot) {
+inline void kv_err_release(const KvErrSlot& slot) {
   std::lock_guard<std::mutex> lock(kv_err_mutex());
-  kv_err_free(device).push_back(slot);
+  kv_err_free().push_back(slot);
 }
 
 inline int64_t round_up_256(int64_t n) { return (n + 255) / 256 * 256; }
-
-inline bool kv_ws_always() {
-  static const bool env = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_WS");
-    return e != nullptr && e[0] == '1';
-  }();
-  return env;
-}
-
-// How a checked call waits for its error flags. Default (unset or 0): cudaStreamSynchronize.
-// FLASHPLUS_KVCACHE_SPIN=N: the last kernel sets a done word (kv_signal_done) the host spins on
-// for up to N microseconds, then falls back to cudaStreamSynchronize (a long call, work queued
-// ahead on the stream, a failed kernel). Measured even with the synchronisation on the H100
-// (docs/PERF.md "KV-cache decoding, round 5": what the check costs is the latency of the
-// caller's next command after the kernel, which a wait at the kernel's end cannot hide), so it
-// is off by default; it is the mechanism a done word written once every block has passed its
-// index checks (before the key loop) would use.
-inline int kv_spin_us() {
-  static const int v = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_SPIN");
-    if (e == nullptr || e[0] == '\0') return 0;
-    return std::max(0, std::atoi(e));
-  }();
-  return v;
-}
-
-// Spins until *word != 0 (true) or `us` microseconds passed (false).
-inline bool kv_spin_done(const int* word, int us) {
-  const volatile int* w = word;
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto limit = std::chrono::microseconds(us);
-  for (unsigned it = 0;; ++it) {
-    if (*w != 0) {
-      std::atomic_thread_fence(std::memory_order_acquire);
-      return true;
-    }
-    if ((it & 31u) == 31u && std::chrono::steady_clock::now() - t0 > limit) return false;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
-}
 
 // The whole call for storage type T (kvcache.h: run_kvcache).
 template <typename T>
@@ -1072,30 +982,24 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   const int64_t q_bytes = rot ? round_up_256(rows * p.head_dim * static_cast<int64_t>(sizeof(T))) : 0;
   const int64_t lse_bytes = nsplit > 1 ? round_up_256(nsplit * rows * 4) : 0;
   const int64_t o_bytes = nsplit > 1 ? nsplit * rows * p.head_dim * 4 : 0;
-  // A checked call without splits or rotary needs none (the flags are in the slot): no
-  // allocation and free on the host's path to the first launch (FLASHPLUS_KVCACHE_WS=1 takes
-  // one anyway, as before round 5).
-  const bool need_ws = !check || q_bytes + lse_bytes + o_bytes > 0 || kv_ws_always();
   int device = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&device));
+  cudaMemPool_t pool = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(kv_workspace_pool(device, &pool));
   char* ws = nullptr;
-  if (need_ws) {
-    cudaMemPool_t pool = nullptr;
-    FLASHPLUS_RETURN_IF_ERROR(kv_workspace_pool(device, &pool));
-    FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(
-        reinterpret_cast<void**>(&ws), static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
-        pool, stream));
-  }
+  FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws),
+                                              static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
+                                              pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
   KvErrSlot slot;
   if (check) {
-    const Status sst = kv_err_acquire(device, &slot);
+    const Status sst = kv_err_acquire(&slot);
     if (!sst.ok()) {
-      if (ws != nullptr) (void)cudaFreeAsync(ws, stream);
+      (void)cudaFreeAsync(ws, stream);
       return sst;
     }
-    for (int i = 0; i < kKvSlotWords; ++i) slot.host[i] = 0;  // the previous user is done
+    for (int i = 0; i < kKvErrSlots; ++i) slot.host[i] = 0;  // the previous user synchronised
     a.err = slot.device;
   } else {
     a.err = reinterpret_cast<int*>(ws);  // written on error only, never read
@@ -1110,13 +1014,6 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   };
   a.fuse_append = append && !rot && rows > 0 && kv_fuse_enabled() &&
                   rows16(p.k_new, p.knew_stride) && rows16(p.v_new, p.vnew_stride);
-  // Checked: the last kernel (combine with splits, else the attention) signals completion.
-  const int spin_us = check && rows > 0 ? kv_spin_us() : 0;
-  if (spin_us > 0) {
-    a.done_in = nsplit > 1 ? 2 : 1;
-    a.done = slot.device + kKvErrSlots;
-    a.done_count = slot.count;
-  }
   T* q_rot = rot ? reinterpret_cast<T*>(ws + 256) : nullptr;
   if (nsplit > 1) {
     a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
@@ -1146,22 +1043,16 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     }
     return Status::Ok();
   }();
-  const cudaError_t fe = ws != nullptr ? cudaFreeAsync(ws, stream) : cudaSuccess;
+  const cudaError_t fe = cudaFreeAsync(ws, stream);
   if (!st.ok()) return st;  // a checked call's slot is dropped: its kernels may still run
   int err = 0;
   if (check) {
-    const bool signalled = spin_us > 0 && kv_spin_done(slot.host + kKvErrSlots, spin_us);
-    if (!signalled) {
-      const cudaError_t ce = cudaStreamSynchronize(stream);
-      if (ce != cudaSuccess)
-        return platform::gpu_status(ce, "kvcache: waiting for the error flags");
-    }
+    const cudaError_t ce = cudaStreamSynchronize(stream);
+    if (ce != cudaSuccess) return platform::gpu_status(ce, "kvcache: waiting for the error flags");
     const volatile int* h = slot.host;
     for (int i = 0; i < kKvErrSlots; ++i)
       if (h[i]) err |= 1 << i;
-    // A signalling call whose kernels are done but whose done word is not set would leave the
-    // counter in doubt: its slot is dropped (cannot happen while the kernels run to the end).
-    if (spin_us == 0 || h[kKvErrSlots] != 0) kv_err_release(device, slot);
+    kv_err_release(slot);
   }
   if (fe != cudaSuccess) return platform::gpu_status(fe, "cudaFreeAsync(workspace)");
   if (used) *used = ran;
