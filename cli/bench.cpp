@@ -183,6 +183,17 @@ BenchStats summarize(std::vector<double> v) {
   return s;
 }
 
+void check_timing(const BenchSettings& s, Backend be) {
+  if (s.timing != "call" && s.timing != "stream")
+    throw usage_error(fmt::format("--timing: unknown '{}' (call|stream)", s.timing));
+  if (s.timing == "stream" && runtime::device_kind(be) == DeviceKind::cpu)
+    throw usage_error(
+        "--timing stream needs a GPU backend: the CPU backend runs each call on the host, so "
+        "there is no launch to hide (use --timing call)");
+  if (!(s.delay_us >= 0) || s.delay_us > 1e6)
+    throw usage_error("--timing-delay: 0 to 1e6 microseconds");
+}
+
 bool keep_sampling(const std::vector<double>& samples_ms, double wall_s, const BenchSettings& s,
                    bool* converged) {
   double timed = 0;
@@ -414,8 +425,10 @@ BenchResult bench_workload(const BenchCase& c, Backend be, const BenchSettings& 
   std::vector<double> samples;
   runtime::Timer timer(be);
   bool converged = false;
+  const bool stream = s.timing == "stream";
   do {
     WorkloadRunner& st = *sets[next++ % nsets];
+    if (stream) throw_if_error(runtime::delay(be, s.delay_us));
     timer.start();
     st.run();
     samples.push_back(timer.stop_ms());
@@ -538,8 +551,10 @@ BenchResult bench_case(const BenchCase& c, Backend be, const BenchSettings& s,
   std::vector<double> samples;
   runtime::Timer timer(be);
   bool converged = false;
+  const bool stream = s.timing == "stream";
   do {
     Set& st = sets[next++ % nsets];
+    if (stream) throw_if_error(runtime::delay(be, s.delay_us));
     timer.start();
     once(st);
     samples.push_back(timer.stop_ms());

@@ -22,7 +22,16 @@ struct BenchSettings {
   int min_samples = 3;      // ... and at least this many samples were taken
   int warmup = 1;           // untimed calls first
   int threads = 0;          // CPU backend threads (0 = all)
+  // How a sample is timed (docs/BENCH.md): "call" = events around the call on an idle device
+  // (the host's work before the first kernel is inside); "stream" = the same events, with a
+  // delay kernel of delay_us enqueued before the start event, so the call is enqueued before the
+  // start event fires (the device's own time, as triton's do_bench times the peers).
+  std::string timing = "call";
+  double delay_us = 300;
 };
+// Throws a usage error when `s.timing` is unknown or `be` cannot time that way (the CPU backend
+// has no stream: --timing stream is refused there).
+void check_timing(const BenchSettings& s, Backend be);
 
 struct BenchStats {
   int samples = 0;

@@ -91,6 +91,7 @@ namespace {
 
 int run_bench(const BenchArgs& a) {
   const Backend be = resolve_backend(a.backend);
+  check_timing(a.s, be);
   const DeviceDesc dev = backend_device(be);
   const std::string fp = device_fingerprint(dev);
   if (!a.json_out.empty()) check_output_dir(a.json_out);
@@ -143,6 +144,12 @@ int run_bench(const BenchArgs& a) {
       "median of >= {} samples after {} warm-up call(s), stop at noise <= {:g}% after {:g} s or at "
       "{:g} s; TFLOP/s over visible (unmasked) pairs only, cli/flops.h\n",
       a.s.min_samples, a.s.warmup, a.s.max_noise * 100, a.s.min_time_s, a.s.max_time_s);
+  if (a.s.timing == "stream")
+    fmt::print("timing: stream (each call enqueued behind a {:g} us delay kernel before its start "
+               "event: the device's own time, as the peers are timed)\n",
+               a.s.delay_us);
+  else
+    fmt::print("timing: call (events around each call on an idle device: host work included)\n");
   size_t mw = 12;
   for (const BenchCase& c : cases) mw = std::max(mw, c.model->name.size());
   fmt::print("{:<{}} {:<7} {:<5} {:>5} {:>7} {:>7} {:>4} {:<14} {:<17} {:>10} {:>10} {:>6} {:>4} "
@@ -264,6 +271,8 @@ int run_bench(const BenchArgs& a) {
             {"min_samples", a.s.min_samples},
             {"warmup", a.s.warmup},
             {"threads", a.s.threads},
+            {"timing", a.s.timing},
+            {"timing_delay_us", a.s.timing == "stream" ? a.s.delay_us : 0.0},
             {"l2_bytes_assumed", runtime::default_l2_bytes(be)}}},
           {"flop_convention",
            "cli/flops.h: fwd 4*b*h*d*pairs (pairs: sq*sk, causal sq*sk/2, windows count visible "
@@ -331,6 +340,15 @@ void register_bench(CLI::App& app, Action& action) {
   sub->add_option("--min-samples", a->s.min_samples, "Samples before stopping (default 3)")
       ->check(positive());
   sub->add_option("--warmup", a->s.warmup, "Untimed calls before sampling (default 1)")
+      ->check(non_negative());
+  sub->add_option("--timing", a->s.timing,
+                  "call|stream: how a sample is timed (default call: events around the call on "
+                  "an idle device; stream: the call enqueued behind a delay kernel, the device's "
+                  "own time, as triton's do_bench times the peers; GPU backends only)")
+      ->check(CLI::IsMember({"call", "stream"}));
+  sub->add_option("--timing-delay", a->s.delay_us,
+                  "Microseconds of the delay kernel before each sample with --timing stream "
+                  "(default 300; must exceed the host's time to enqueue one call)")
       ->check(non_negative());
   sub->add_option("--json", a->json_out, "Write the results as JSON (docs/BENCH.md)")
       ->type_name("OUT.json");

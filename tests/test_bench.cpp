@@ -8,6 +8,7 @@
 #include "bench_test_util.h"
 #include "commands.h"
 #include "config.h"
+#include "flashplus/runtime.h"
 
 using namespace flashplus;
 using namespace flashplus::cli;
@@ -41,6 +42,21 @@ TEST_CASE("bench: summary statistics and the stop rule", "[bench]") {
   // Not enough timed time yet (min_time): go on even when quiet.
   st.min_time_s = 1;
   CHECK(keep_sampling({5, 5, 5}, 0.02, st, &conv));
+}
+
+TEST_CASE("bench: --timing is checked against the backend", "[bench]") {
+  BenchSettings st;
+  CHECK(st.timing == "call");  // today's method stays the default
+  CHECK_NOTHROW(check_timing(st, Backend::cpu));
+  st.timing = "stream";  // the CPU has no stream to enqueue behind
+  CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
+  st.timing = "sideways";
+  CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
+  st.timing = "call";
+  st.delay_us = -1;
+  CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
+  // The runtime answers unsupported (not a crash) for the CPU's delay.
+  CHECK(runtime::delay(Backend::cpu, 10).code() == StatusCode::unsupported);
 }
 
 TEST_CASE("bench: FLOPs follow flops.h and bytes count each tensor once", "[bench]") {
@@ -183,6 +199,12 @@ TEST_CASE("bench: JSON and CSV outputs, peaks not measured then cached", "[bench
   // No stray temporary files next to the outputs (atomic writes).
   for (const auto& ent : fs::directory_iterator(t.path))
     CHECK(ent.path().filename().string().find(".tmp") == std::string::npos);
+
+  // --timing: call is what ran above (recorded); stream is refused on the CPU.
+  CHECK(j["meta"]["settings"]["timing"] == "call");
+  r = run_flashplus("bench " + common + "--mode fwd --timing stream", cache, t.file("err4"));
+  CHECK(r.code == 2);
+  CHECK_THAT(t.read("err4"), Catch::Contains("GPU backend"));
 
   // Usage errors: exit 2.
   CHECK(run_flashplus("bench --backend cpu", cache).code == 2);

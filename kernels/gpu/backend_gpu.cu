@@ -485,6 +485,28 @@ double timer_stop_ms(void* p) {
   return ms;
 }
 
+#if !FLASHPLUS_VENDOR_HIP
+// One thread spinning on the global timer for `ns` nanoseconds (runtime::delay).
+__global__ void delay_kernel(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+#endif
+Status delay(double us) {
+#if FLASHPLUS_VENDOR_HIP
+  (void)us;
+  return Status::Unsupported("the HIP backend has no delay kernel yet");
+#else
+  if (!(us >= 0) || us > 1e6) return Status::Invalid("delay: 0 to 1e6 microseconds");
+  delay_kernel<<<1, 1>>>(static_cast<unsigned long long>(us * 1000.0));
+  FLASHPLUS_GPU_CHECK_LAUNCH("delay_kernel");
+  return Status::Ok();
+#endif
+}
+
 }  // namespace
 
 int current_arch(int device_index) {
@@ -513,6 +535,7 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       /*candidates=*/gpu::candidates,
       /*last_config=*/gpu::last_config,
       /*dmask=*/gpu::dmask,
+      /*delay=*/gpu::delay,
   };
   return &ops;
 }

@@ -52,6 +52,9 @@ struct BackendOps {
   bool (*last_config)(KernelConfig* out) = nullptr;
   // return_softmax: fill p.s_dmask (kernels/src/dmask.h) after fwd() wrote softmax_lse.
   Status (*dmask)(const AttnParams& p, const RunOptions& opts) = nullptr;
+  // Enqueue a kernel that keeps the default stream busy for about `us` microseconds
+  // (runtime::delay).
+  Status (*delay)(double us) = nullptr;
 };
 
 // Always present.

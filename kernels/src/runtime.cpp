@@ -79,6 +79,16 @@ bool last_kernel_config(Backend b, KernelConfig* out) {
   return o && o->last_config && o->last_config(out);
 }
 
+Status delay(Backend b, double us) {
+  Status st;
+  const detail::BackendOps* o = get(b, &st);
+  if (!o) return st;
+  if (!o->delay)
+    return Status::Unsupported(
+        fmt::format("the {} backend has no delay kernel (nothing to hide behind)", backend_name(b)));
+  return o->delay(us);
+}
+
 size_t default_l2_bytes(Backend b) {
   const detail::BackendOps* o = detail::ops_for(b);
   return o && o->device_kind != DeviceKind::cpu ? size_t{64} << 20 : 0;

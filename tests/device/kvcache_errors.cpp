@@ -91,7 +91,12 @@ int main() {
     bad[(cap / page) + 3] = nblk;  // a used page of sequence 1 (keys 48..63 < 201)
     bt.ints(bad);
     invalid(run(true, false, false, splits), "block_table", "block table entry out of range" + sp);
+    bad = table;
+    bad[(cap / page) + 12] = -1;  // only the page of sequence 1's new token (position 200)
+    bt.ints(bad);
+    invalid(run(true, false, false, splits), "block_table", "new token's page out of range" + sp);
     bt.ints(table);
+    good(run(true, false, false, splits), "good paged after a bad table" + sp);
     bi.ints({1, 2});
     invalid(run(false, true, false, splits), "cache_batch_idx",
             "cache_batch_idx out of range" + sp);
@@ -99,6 +104,39 @@ int main() {
     invalid(run(false, false, true, splits), "cache_leftpad", "leftpad beyond the end" + sp);
     lp.ints({0, 5});
     good(run(false, false, true, splits), "good leftpad after bad calls" + sp);
+  }
+  // A grid of several waves (64 x 2 x 16 = 2048 blocks): the early report's last block to count
+  // may start only after the first waves finished; a bad entry in the last sequence is still
+  // reported by the same call, and the next call is Ok.
+  {
+    const int B2 = 64, nb2 = B2 * cap / page;
+    Buf q2(DType::bf16, B2 * h * d), k2(DType::bf16, static_cast<size_t>(nb2) * page * hk * d),
+        v2(DType::bf16, static_cast<size_t>(nb2) * page * hk * d), kn2(DType::bf16, B2 * hk * d),
+        vn2(DType::bf16, B2 * hk * d), o2(DType::bf16, B2 * h * d), l2(DType::f32, B2 * h),
+        sl2(DType::i32, B2), bt2(DType::i32, nb2);
+    q2.fill(0.3f);
+    k2.fill(0.2f);
+    v2.fill(0.7f);
+    kn2.fill(0.1f);
+    vn2.fill(0.4f);
+    sl2.ints(std::vector<int>(B2, 200));
+    std::vector<int> t2(nb2);
+    for (int i = 0; i < nb2; ++i) t2[i] = (i * 7) % nb2;
+    auto run2 = [&]() {
+      return mha_fwd_kvcache(q2.view({B2, 1, h, d}), k2.view({nb2, page, hk, d}),
+                             v2.view({nb2, page, hk, d}), kn2.view({B2, 1, hk, d}),
+                             vn2.view({B2, 1, hk, d}), sl2.view({B2}), none, none, none, none,
+                             bt2.view({B2, cap / page}), none, o2.view({B2, 1, h, d}),
+                             l2.view({B2, h, 1}), 0.f, true, -1, -1, 0.f, false, 16, opts);
+    };
+    bt2.ints(t2);
+    good(run2(), "good paged, 2048 blocks");
+    auto bad2 = t2;
+    bad2[(B2 - 1) * (cap / page) + 5] = nb2;  // the last sequence, keys 80..95
+    bt2.ints(bad2);
+    invalid(run2(), "block_table", "block table entry out of range, 2048 blocks");
+    bt2.ints(t2);
+    good(run2(), "good paged, 2048 blocks, after a bad call");
   }
   // The pointer checks before any launch (backend_gpu.cu): host memory is refused whatever device
   // allocations the call's other tensors lie in, and tensors that share an allocation are

@@ -14,7 +14,9 @@
 // Indices the caller passes in device memory (cache_seqlens, block_table, cache_batch_idx,
 // cache_leftpad, rotary positions) are range-checked in the kernels: an out-of-range one is never
 // dereferenced and sets the flag of its kind (KvcacheError bit i = flag i, in mapped pinned host
-// memory); the host reads the flags after a stream synchronisation to return Status::Invalid.
+// memory); the host reads the flags once every attention block has checked its indices (before
+// its key loop: the early report's done word, kvcache_kernel.cuh) and returns Status::Invalid
+// while the kernels finish (FLASHPLUS_KVCACHE_EARLY=0: after a stream synchronisation instead).
 #pragma once
 #include <string>
 #include <vector>
@@ -58,7 +60,8 @@ Status kvcache_supports(const AttnParams& p);
 
 // Runs the call with tile `cfg` (block_n, num_warps, stages; 0 = the heuristic's pick) and
 // num_splits (p.num_splits > 0 wins, then cfg.num_splits > 0, else kvcache_num_splits). `check`:
-// wait for the kernels and read their error flags (synchronises the stream). *used receives the
+// wait until every index the kernels read was checked and read the error flags (the kernels may
+// still run; FLASHPLUS_KVCACHE_EARLY=0 synchronises the stream instead). *used receives the
 // configuration that ran. NoInstance when cfg names a tile that is not compiled.
 Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
                    void* stream, bool check, KernelConfig* used);

@@ -18,6 +18,7 @@
 #endif
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -55,6 +56,13 @@ struct KvArgs {
   // Append fused into the attention (k_new without rotary, kv_fuse_append): the keys of the new
   // tokens are read from k_new / v_new, and one block per (b, kv head) writes them into the cache.
   int fuse_append = 0;
+  // Early report of a checked call (kv_early_report; null = report at the kernel's end): each
+  // attention block checks every index it will read before its key loop, reports, and counts
+  // itself in *done_count (device memory, 0 between calls); the last to count resets it and sets
+  // *done (a mapped pinned word the host spins on), after which the kernels write nothing the
+  // host reads.
+  int* done = nullptr;
+  unsigned* done_count = nullptr;
 };
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
@@ -70,6 +78,24 @@ __device__ __forceinline__ void kv_report(int* err, int bits) {
 #pragma unroll
   for (int i = 0; i < kKvErrSlots; ++i)
     if (bits & (1 << i)) e[i] = 1;
+  // Visible to the host before this block counts itself (kv_early_report) or its grid ends
+  // (the attention behind a pre-pass counts only after the pre-pass grid); error path only.
+  __threadfence_system();
+}
+
+// The early report's count (one thread per block, after its flags): the block that counts last
+// resets the counter for the next call, fences at system scope and sets the done word, so a host
+// that sees done == 1 sees every flag of the call. Blocks of later waves count when they start:
+// the host then waits longer, nothing waits on anything.
+__device__ __forceinline__ void kv_count_checked(const KvArgs& a) {
+  __threadfence();  // this block's flags (fenced by kv_report) before its count
+  const unsigned total = gridDim.x * gridDim.y * gridDim.z;
+  if (atomicAdd(a.done_count, 1u) == total - 1) {
+    __threadfence();  // the other blocks' counts, and so their flags, happened before
+    *a.done_count = 0;
+    __threadfence_system();
+    *reinterpret_cast<volatile int*>(a.done) = 1;
+  }
 }
 
 // Programmatic dependent launch (sm_90): a kernel launched with the programmatic stream
@@ -503,6 +529,34 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     }
   }
 
+  // Early report (checked calls, a.done): every index this block reads was checked above
+  // (checked_seqlen_k: cache_seqlens, leftpad, cache_batch_idx) or is checked here: the block-table
+  // entries of the keys its tiles load ([t_begin * BN, min(t_end * BN, sk)), the new tokens'
+  // entries included) and, for the append's writer, of the slots it writes. The loads above are
+  // in flight meanwhile (an out-of-range entry is never dereferenced there either). The block then
+  // reports and counts; its later checks find nothing new and report nothing.
+  if (a.done != nullptr) {
+    // Bits of checked_seqlen_k are the block's (uniform); a table entry one of this thread's
+    // loads above found bad counts as one found here.
+    int tbad = (bad & kKvErrBlockTable) ? 1 : 0;
+    if (paged) {
+      auto check_pages = [&](int j_lo, int j_hi) {
+        if (j_lo >= j_hi) return;
+        for (int pg = j_lo / page + tid; pg <= (j_hi - 1) / page; pg += kThreads) {
+          const int e = bt[pg];
+          if (e < 0 || e >= p.num_blocks) tbad = 1;
+        }
+      };
+      check_pages(t_begin * BN, min(t_end * BN, sk));
+      if (sn > 0 && mb == 0 && split == a.nsplit - 1) check_pages(jnew, sk);
+    }
+    const int eb = (bad & ~kKvErrBlockTable) | (__syncthreads_or(tbad) ? kKvErrBlockTable : 0);
+    if (tid == 0) {
+      if (eb) kv_report(a.err, eb);
+      kv_count_checked(a);
+    }
+  }
+
   const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
   const float mul = plain ? p.softmax_scale * prim::kLog2e : prim::kLog2e;
   float acc[kDT][4];
@@ -673,7 +727,7 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
       if (c4 == 0) a.lse_acc[rid] = l > 0.f ? m_use * mul * prim::kLn2 + logf(l) : -INFINITY;
     }
   }
-  if (bad) kv_report(a.err, bad);
+  if (bad && a.done == nullptr) kv_report(a.err, bad);  // early report: done before the loop
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -885,27 +939,33 @@ Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream,
 
 // ---- host: one call -------------------------------------------------------------------------------
 
-// Mapped pinned host slots of kKvErrSlots flags, reused across calls: a checked call takes one,
-// zeroes it on the host, the kernels store into it through the mapped address, and after the
-// stream synchronisation the host reads it and gives it back. Replaces a memset and a pageable
-// 4-byte device-to-host copy per call. A slot whose call failed before the synchronisation is not
-// given back (a kernel may still write it).
+// Mapped pinned host slots of kKvErrSlots flags and the done word, reused across calls: a
+// checked call takes one, zeroes it on the host, the kernels store into it through the mapped
+// address, and once the host has seen the done word (early report) or synchronised the stream it
+// reads the flags and gives the slot back. Replaces a memset and a pageable 4-byte device-to-host
+// copy per call. A slot whose call failed before that is not given back (a kernel may still write
+// it). Each slot has a device counter for the early report (zeroed once here, reset by the last
+// block of each call), so slots are kept per device.
+constexpr int kKvSlotWords = kKvErrSlots + 1;
 struct KvErrSlot {
   int* host = nullptr;
   int* device = nullptr;
+  unsigned* count = nullptr;
 };
 inline std::mutex& kv_err_mutex() {
   static std::mutex mu;
   return mu;
 }
-inline std::vector<KvErrSlot>& kv_err_free() {
-  static std::vector<KvErrSlot> v;
-  return v;
+inline std::vector<KvErrSlot>& kv_err_free(int device) {
+  static std::vector<KvErrSlot> v[kMaxDevices];
+  return v[device];
 }
-inline Status kv_err_acquire(KvErrSlot* slot) {
+inline Status kv_err_acquire(int device, KvErrSlot* slot) {
+  if (device < 0 || device >= kMaxDevices)
+    return Status::Unsupported("kvcache: device index beyond 64");
   {
     std::lock_guard<std::mutex> lock(kv_err_mutex());
-    auto& v = kv_err_free();
+    auto& v = kv_err_free(device);
     if (!v.empty()) {
       *slot = v.back();
       v.pop_back();
@@ -913,21 +973,64 @@ inline Status kv_err_acquire(KvErrSlot* slot) {
     }
   }
   void* h = nullptr;
-  FLASHPLUS_GPU_CHECK(cudaHostAlloc(&h, kKvErrSlots * sizeof(int),
+  FLASHPLUS_GPU_CHECK(cudaHostAlloc(&h, kKvSlotWords * sizeof(int),
                                     cudaHostAllocMapped | cudaHostAllocPortable));
   void* d = nullptr;
-  const cudaError_t e = cudaHostGetDevicePointer(&d, h, 0);
+  cudaError_t e = cudaHostGetDevicePointer(&d, h, 0);
   if (e != cudaSuccess) {
     (void)cudaFreeHost(h);
     return platform::gpu_status(e, "kvcache: mapping the error flags");
   }
+  void* c = nullptr;
+  e = cudaMalloc(&c, sizeof(unsigned));
+  if (e == cudaSuccess) e = cudaMemset(c, 0, sizeof(unsigned));  // synchronous: once per slot
+  if (e != cudaSuccess) {
+    if (c != nullptr) (void)cudaFree(c);
+    (void)cudaFreeHost(h);
+    return platform::gpu_status(e, "kvcache: the early report's counter");
+  }
   slot->host = static_cast<int*>(h);
   slot->device = static_cast<int*>(d);
+  slot->count = static_cast<unsigned*>(c);
   return Status::Ok();
 }
-inline void kv_err_release(const KvErrSlot& slot) {
+inline void kv_err_release(int device, const KvErrSlot& slot) {
   std::lock_guard<std::mutex> lock(kv_err_mutex());
-  kv_err_free().push_back(slot);
+  kv_err_free(device).push_back(slot);
+}
+
+// How a checked call waits for its error flags. Default: the early report (KvArgs::done): the
+// host spins on the done word, which the attention's blocks set once all of them have checked
+// their indices (before their key loops), for up to kKvEarlySpinUs microseconds, then falls back
+// to cudaStreamSynchronize (work queued ahead of the call, a failed kernel); the call returns
+// while its kernels still run, as an unchecked call does. FLASHPLUS_KVCACHE_EARLY=0: synchronise
+// the stream and read the flags the kernels reported at their end (round 4's way, for A/B);
+// =N: spin up to N microseconds.
+constexpr int kKvEarlySpinUs = 20000;
+inline int kv_early_spin_us() {
+  static const int v = [] {
+    const char* e = std::getenv("FLASHPLUS_KVCACHE_EARLY");
+    if (e == nullptr || e[0] == '\0') return kKvEarlySpinUs;
+    return std::max(0, std::atoi(e));
+  }();
+  return v;
+}
+
+// Spins until *word != 0 (true) or `us` microseconds passed (false).
+inline bool kv_spin_done(const int* word, int us) {
+  const volatile int* w = word;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto limit = std::chrono::microseconds(us);
+  for (unsigned it = 0;; ++it) {
+    if (*w != 0) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      return true;
+    }
+    if ((it & 31u) == 31u && std::chrono::steady_clock::now() - t0 > limit) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 }
 
 inline int64_t round_up_256(int64_t n) { return (n + 255) / 256 * 256; }
@@ -994,12 +1097,12 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   a.nsplit = nsplit;
   KvErrSlot slot;
   if (check) {
-    const Status sst = kv_err_acquire(&slot);
+    const Status sst = kv_err_acquire(device, &slot);
     if (!sst.ok()) {
       (void)cudaFreeAsync(ws, stream);
       return sst;
     }
-    for (int i = 0; i < kKvErrSlots; ++i) slot.host[i] = 0;  // the previous user synchronised
+    for (int i = 0; i < kKvSlotWords; ++i) slot.host[i] = 0;  // the previous user is done
     a.err = slot.device;
   } else {
     a.err = reinterpret_cast<int*>(ws);  // written on error only, never read
@@ -1014,6 +1117,11 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   };
   a.fuse_append = append && !rot && rows > 0 && kv_fuse_enabled() &&
                   rows16(p.k_new, p.knew_stride) && rows16(p.v_new, p.vnew_stride);
+  const int spin_us = check && rows > 0 ? kv_early_spin_us() : 0;
+  if (spin_us > 0) {
+    a.done = slot.device + kKvErrSlots;
+    a.done_count = slot.count;
+  }
   T* q_rot = rot ? reinterpret_cast<T*>(ws + 256) : nullptr;
   if (nsplit > 1) {
     a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
@@ -1047,12 +1155,18 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   if (!st.ok()) return st;  // a checked call's slot is dropped: its kernels may still run
   int err = 0;
   if (check) {
-    const cudaError_t ce = cudaStreamSynchronize(stream);
-    if (ce != cudaSuccess) return platform::gpu_status(ce, "kvcache: waiting for the error flags");
+    const bool signalled = spin_us > 0 && kv_spin_done(slot.host + kKvErrSlots, spin_us);
+    if (!signalled) {
+      const cudaError_t ce = cudaStreamSynchronize(stream);
+      if (ce != cudaSuccess)
+        return platform::gpu_status(ce, "kvcache: waiting for the error flags");
+    }
     const volatile int* h = slot.host;
     for (int i = 0; i < kKvErrSlots; ++i)
       if (h[i]) err |= 1 << i;
-    kv_err_release(slot);
+    // Kernels that completed without setting done would leave the counter in doubt: the slot is
+    // dropped (does not happen while every block runs its check).
+    if (spin_us == 0 || h[kKvErrSlots] != 0) kv_err_release(device, slot);
   }
   if (fe != cudaSuccess) return platform::gpu_status(fe, "cudaFreeAsync(workspace)");
   if (used) *used = ran;

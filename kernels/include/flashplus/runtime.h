@@ -35,6 +35,11 @@ bool last_kernel_config(Backend b, KernelConfig* out);
 // Bytes of last-level cache a benchmark must exceed so repeated runs do not measure the cache:
 // 64 MiB on GPUs (a default above every current L2), 0 on the CPU (bench rotates 2 sets).
 size_t default_l2_bytes(Backend b);
+// Keeps the backend's default stream busy for about `us` microseconds (one spinning thread), so
+// what the host enqueues next starts on the device only after the host has enqueued it: the
+// peers' way of timing (`flashplus bench --timing stream`, docs/BENCH.md). Unsupported on the CPU
+// backend (nothing there runs behind the host's back) and where the backend has no delay kernel.
+Status delay(Backend b, double us);
 
 class Timer {
  public:
