@@ -46,6 +46,7 @@
 #include "flashplus/status.h"
 #include "gpu/fwd/fwd_kernel.cuh"  // load_tile_async
 #include "gpu/gpu_kernels.h"
+#include "gpu/workspace_pool.h"
 #include "platform/gpu_runtime.h"
 #include "platform/types.h"
 #include "primitives/attn_score.h"
@@ -856,39 +857,18 @@ inline int max_smem_optin() {
 
 namespace flashplus::gpu::tc {
 
-// The workspace pool of the current device. The runtime's default pool gives its memory back to
-// the driver at every synchronisation (release threshold 0), so each backward call's
-// cudaMallocAsync mapped its 130+ MB of dQ accumulator again: 150-180 us of an idle GPU per call
-// on the H100 (docs/PERF.md, 2026-11-26), 12% of a causal s=1024 backward. This pool keeps up to
-// kBwdPoolKeep bytes mapped across synchronisations. FLASHPLUS_BWD_POOL=0 keeps the default
-// pool (*pool = nullptr; A/B measurements).
+// The backward's workspace pool (gpu/workspace_pool.h); FLASHPLUS_BWD_POOL=0 keeps the runtime's
+// default pool (*pool = nullptr; A/B measurements).
 inline Status bwd_workspace_pool(cudaMemPool_t* pool) {
-  constexpr int kMaxDevices = 64;
-  constexpr uint64_t kBwdPoolKeep = uint64_t{2} << 30;
-  static std::mutex mu;
-  static cudaMemPool_t pools[kMaxDevices] = {};
   static const bool off = [] {
     const char* e = std::getenv("FLASHPLUS_BWD_POOL");
     return e != nullptr && e[0] == '0';
   }();
   *pool = nullptr;
+  if (off) return Status::Ok();
   int dev = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
-  if (off || dev < 0 || dev >= kMaxDevices) return Status::Ok();
-  std::lock_guard<std::mutex> lock(mu);
-  if (pools[dev] == nullptr) {
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = dev;
-    cudaMemPool_t created = nullptr;
-    FLASHPLUS_GPU_CHECK(cudaMemPoolCreate(&created, &props));
-    uint64_t keep = kBwdPoolKeep;
-    FLASHPLUS_GPU_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep));
-    pools[dev] = created;
-  }
-  *pool = pools[dev];
-  return Status::Ok();
+  return workspace_pool(dev, pool);
 }
 
 // The three (four in deterministic mode) launches around one main kernel: `main_kernel` is

@@ -30,6 +30,7 @@
 #include "flashplus/params.h"
 #include "flashplus/status.h"
 #include "gpu/kvcache/kvcache.h"
+#include "gpu/workspace_pool.h"
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
@@ -863,29 +864,6 @@ Status kv_prepare_tile(int* blocks_per_sm) {
   return Status::Ok();
 }
 
-// The workspace pool of `dev`: the runtime's default pool gives its memory back to the driver
-// at every synchronisation (release threshold 0), so each call's cudaMallocAsync would map pages
-// again; this one keeps its high-water mark (a few MiB of split accumulators at most).
-inline Status kv_workspace_pool(int dev, cudaMemPool_t* pool) {
-  static std::mutex mu;
-  static cudaMemPool_t pools[kMaxDevices] = {};
-  if (dev < 0 || dev >= kMaxDevices) return Status::Unsupported("kvcache: device index beyond 64");
-  std::lock_guard<std::mutex> lock(mu);
-  if (pools[dev] == nullptr) {
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = dev;
-    cudaMemPool_t created = nullptr;
-    FLASHPLUS_GPU_CHECK(cudaMemPoolCreate(&created, &props));
-    uint64_t keep = UINT64_MAX;
-    FLASHPLUS_GPU_CHECK(cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep));
-    pools[dev] = created;
-  }
-  *pool = pools[dev];
-  return Status::Ok();
-}
-
 // Launches `kernel` on `stream`, with programmatic stream serialization when `pdl` (sm_90: the
 // kernel may be scheduled while the previous one drains; it calls kv_grid_wait() first).
 template <typename... Args>
@@ -1088,7 +1066,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
   int device = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&device));
   cudaMemPool_t pool = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(kv_workspace_pool(device, &pool));
+  FLASHPLUS_RETURN_IF_ERROR(workspace_pool(device, &pool));
   char* ws = nullptr;
   FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws),
                                               static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
