@@ -21,8 +21,9 @@ std::vector<KernelConfig> fwd_sm90_configs(int head_dim);
 // tuned table or the heuristics named (testing: verify suites through this family).
 int fwd_sm90_mode();
 // FLASHPLUS_GPU_FWD_SM90_VARLEN: 0 = varlen calls skip this family (the mma.sync varlen kernel
-// runs them: A/B measurements), else (default) they take it like dense calls.
-bool fwd_sm90_varlen_enabled();
+// runs them: A/B measurements); 1 = varlen grid of max_seqlen_q row blocks per sequence (blocks
+// past a sequence's end exit); 2 (default) = flattened grid (total_q / 128 + batch blocks per head).
+int fwd_sm90_varlen_mode();
 // True when cfg names this family (num_warps 12) rather than the mma.sync family.
 inline bool is_sm90_config(const KernelConfig& cfg) { return cfg.num_warps == 12; }
 

@@ -20,12 +20,13 @@ int fwd_sm90_mode() {
   return mode;
 }
 
-bool fwd_sm90_varlen_enabled() {
-  static const bool on = [] {
+int fwd_sm90_varlen_mode() {
+  static const int mode = [] {
     const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90_VARLEN");
-    return e == nullptr || e[0] != '0';
+    if (e == nullptr || e[0] == '\0') return 2;
+    return e[0] == '0' ? 0 : e[0] == '1' ? 1 : 2;
   }();
-  return on;
+  return mode;
 }
 
 Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) {
@@ -42,7 +43,7 @@ Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) 
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
   if (p.is_varlen()) {
-    if (!fwd_sm90_varlen_enabled())
+    if (fwd_sm90_varlen_mode() == 0)
       return Status::NoInstance("fwd_sm90: varlen off (FLASHPLUS_GPU_FWD_SM90_VARLEN=0)");
     if (p.head_dim <= 64)
       return bf ? sm90fwd::fwd_sm90_var_bf16_d64(p, cfg, s) : sm90fwd::fwd_sm90_var_f16_d64(p, cfg, s);

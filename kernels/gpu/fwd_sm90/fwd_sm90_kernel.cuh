@@ -12,8 +12,9 @@
 // The two consumers run their loops independently (PINGPONG: they take turns issuing MMAs), so one's
 // softmax overlaps the other's MMAs; with OVERLAP (the compiled default) each consumer also runs the
 // softmax of tile n+1 while its own PV(n) is in flight.
-// kVar: packed variable-length batches (cu_seqlens_q/k, seqused_k; no block_table): block z =
-// sequence b, the grid covers max_seqlen_q and blocks past the sequence's end exit at once; masks
+// kVar: packed variable-length batches (cu_seqlens_q/k, seqused_k; no block_table): kFlat (the
+// default) lays the sequences' row blocks out along x (see the kernel's prologue), else block z =
+// sequence b over a grid of max_seqlen_q and blocks past the sequence's end exit at once; masks
 // and ALiBi use the sequence's own lengths; TMA reads the packed (total, heads, d) tensors from the
 // sequence's first row (rows past its end belong to the next sequence: keys there are masked like
 // keys past seqlen_k, query rows there are computed and never stored); O and lse are written row
@@ -77,7 +78,7 @@ struct Sm90Args {
 };
 
 template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
-          bool kVar = false>
+          bool kVar = false, bool kFlat = false>
 __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args args) {
 #if FLASHPLUS_HAS_WGMMA
   using Tr = Sm90Traits<D, BN, STAGES>;
@@ -98,9 +99,34 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
   auto empty_v = [&](int s) { return bar0 + 8u * (1 + 3 * STAGES + s); };
 
   const int tid = threadIdx.x;
-  // Masked problems have more work in later row blocks: start those first.
-  const int m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
+  int m_block, b;
+  if constexpr (kVar && kFlat) {
+    // Varlen, flattened grid (no block per max_seqlen_q row block of every sequence): sequence b
+    // owns blocks [start(b), start(b + 1)) of x, start(b) = cu_seqlens_q[b] / kBM + b, i.e. its
+    // ceil(len / kBM) row blocks and at most one spare (which exits). Each warp finds b with one
+    // round of loads per 32 sequences (start is strictly increasing: count the starts <= x).
+    const int slot = blockIdx.x, lane = tid % 32;
+    int cnt = 0;
+    for (int base = 1; base < p.batch; base += 32) {
+      const int i = base + lane;
+      const bool le = i < p.batch && p.cu_seqlens_q[i] / kBM + i <= slot;
+      const unsigned m = __ballot_sync(0xffffffffu, le);
+      cnt += __popc(m);
+      if (m != 0xffffffffu) break;
+    }
+    b = cnt;
+    const int start = p.cu_seqlens_q[b] / kBM + b;
+    const int nslots = p.cu_seqlens_q[b + 1] / kBM + b + 1 - start;
+    const int local = slot - start;
+    if (local >= nslots) return;
+    // Masked problems have more work in later row blocks: start those first.
+    m_block = p.has_window() ? nslots - 1 - local : local;
+  } else {
+    // Masked problems have more work in later row blocks: start those first.
+    m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    b = blockIdx.z;
+  }
+  const int h = blockIdx.y, hk = h / p.group();
   const int m0 = m_block * kBM;
   // This sequence's lengths (dense: seqlen_q/k); varlen grids cover the longest sequence.
   const int sq = kVar ? p.actual_seqlen_q(b) : p.seqlen_q;
@@ -558,7 +584,7 @@ inline Status sm90_supports(const AttnParams& p) {
 }
 
 template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
-          bool kVar = false>
+          bool kVar = false, bool kFlat = false>
 Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = Sm90Traits<D, BN, STAGES>;
   FLASHPLUS_RETURN_IF_ERROR(sm90_supports<kVar>(p));
@@ -576,10 +602,13 @@ Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
                                                p.k_stride, BN));
   FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tv, p.v, p.head_dim, rows_k, p.nheads_k, nb,
                                                p.v_stride, BN));
-  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG, kVar>;
+  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG, kVar, kFlat>;
   FLASHPLUS_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            Tr::kSmemBytes));
-  const dim3 grid((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
+  // Varlen, flattened: total_q / kBM + batch blocks per head (see the kernel); else one block
+  // per row block of max_seqlen_q per sequence (those past a sequence's end exit).
+  const dim3 grid = kVar && kFlat ? dim3(p.total_q / Tr::kBM + p.batch, p.nheads, 1)
+                                  : dim3((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
   FLASHPLUS_GPU_CHECK_LAUNCH("fwd_sm90_kernel");
   return Status::Ok();
@@ -598,7 +627,9 @@ Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
     if ((is_default && first) ||                                                            \
         (cfg.block_m == BM && cfg.block_n == BN && cfg.num_warps == kSm90Warps &&           \
          (cfg.stages == ST || cfg.stages == 0)))                                            \
-      return launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar>(p, stream);                   \
+      return kVar && fwd_sm90_varlen_mode() == 1                                            \
+                 ? launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, false>(p, stream)   \
+                 : launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, kVar>(p, stream);   \
     first = false;                                                                          \
   }
   if constexpr (D == 64) { FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_TRY) }
