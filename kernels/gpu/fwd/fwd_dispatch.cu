@@ -18,8 +18,9 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   FLASHPLUS_RETURN_IF_ERROR(tc_supports(p, cfg, "fwd_tc"));
 #if !FLASHPLUS_VENDOR_HIP
   // Hopper: the wgmma family first (its own tiles, num_warps 12, or the default; every call with
-  // FLASHPLUS_GPU_FWD_SM90=2); what it has no instance for (varlen, kv cache, dropout, head_dim >
-  // 128, a non-sm_90 device) goes on to mma.sync.
+  // FLASHPLUS_GPU_FWD_SM90=2); what it has no instance for (paged varlen, kv cache, dropout,
+  // head_dim > 128, a non-sm_90 device; varlen with FLASHPLUS_GPU_FWD_SM90_VARLEN=0) goes on to
+  // mma.sync.
   if (const int mode = fwd_sm90_mode(); mode != 0) {
     const bool named = is_sm90_config(cfg);
     const bool dflt = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0 && cfg.stages == 0;

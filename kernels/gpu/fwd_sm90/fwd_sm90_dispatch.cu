@@ -20,6 +20,15 @@ int fwd_sm90_mode() {
   return mode;
 }
 
+int fwd_sm90_varlen_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90_VARLEN");
+    if (e == nullptr || e[0] == '\0') return 2;
+    return e[0] == '0' ? 0 : e[0] == '1' ? 1 : 2;
+  }();
+  return mode;
+}
+
 Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 #if FLASHPLUS_VENDOR_HIP
   (void)p; (void)cfg; (void)stream;
@@ -33,6 +42,16 @@ Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) 
   if (p.head_dim % 8 != 0) return Status::NoInstance("fwd_sm90: head_dim must be a multiple of 8");
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
+  if (p.is_varlen()) {
+    if (fwd_sm90_varlen_mode() == 0)
+      return Status::NoInstance("fwd_sm90: varlen off (FLASHPLUS_GPU_FWD_SM90_VARLEN=0)");
+    if (p.head_dim <= 64)
+      return bf ? sm90fwd::fwd_sm90_var_bf16_d64(p, cfg, s) : sm90fwd::fwd_sm90_var_f16_d64(p, cfg, s);
+    if (p.head_dim <= 128)
+      return bf ? sm90fwd::fwd_sm90_var_bf16_d128(p, cfg, s)
+                : sm90fwd::fwd_sm90_var_f16_d128(p, cfg, s);
+    return Status::NoInstance("fwd_sm90: no head-dim bucket for " + std::to_string(p.head_dim));
+  }
   if (p.head_dim <= 64) return bf ? sm90fwd::fwd_sm90_bf16_d64(p, cfg, s) : sm90fwd::fwd_sm90_f16_d64(p, cfg, s);
   if (p.head_dim <= 128)
     return bf ? sm90fwd::fwd_sm90_bf16_d128(p, cfg, s) : sm90fwd::fwd_sm90_f16_d128(p, cfg, s);

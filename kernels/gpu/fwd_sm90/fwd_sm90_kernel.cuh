@@ -12,7 +12,14 @@
 // The two consumers run their loops independently (PINGPONG: they take turns issuing MMAs), so one's
 // softmax overlaps the other's MMAs; with OVERLAP (the compiled default) each consumer also runs the
 // softmax of tile n+1 while its own PV(n) is in flight.
-// Dense fixed-length calls only (no varlen / kv cache / dropout: the mma.sync family serves those).
+// kVar: packed variable-length batches (cu_seqlens_q/k, seqused_k; no block_table): kFlat (the
+// default) lays the sequences' row blocks out along x (see the kernel's prologue), else block z =
+// sequence b over a grid of max_seqlen_q and blocks past the sequence's end exit at once; masks
+// and ALiBi use the sequence's own lengths; TMA reads the packed (total, heads, d) tensors from the
+// sequence's first row (rows past its end belong to the next sequence: keys there are masked like
+// keys past seqlen_k, query rows there are computed and never stored); O and lse are written row
+// by row, within the sequence. kVar = false compiles the dense kernel unchanged.
+// No kv cache / dropout / paged varlen: the mma.sync family serves those.
 // Masks (causal, window: AttnParams::key_range), softcap and ALiBi (primitives/attn_score.h),
 // lse, fully masked rows (out 0, lse +inf) as in the mma.sync kernel; global offsets are 64-bit
 // (TMA coordinates are per dimension).
@@ -70,7 +77,8 @@ struct Sm90Args {
   AttnParams p;
 };
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
+          bool kVar = false, bool kFlat = false>
 __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args args) {
 #if FLASHPLUS_HAS_WGMMA
   using Tr = Sm90Traits<D, BN, STAGES>;
@@ -91,23 +99,66 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
   auto empty_v = [&](int s) { return bar0 + 8u * (1 + 3 * STAGES + s); };
 
   const int tid = threadIdx.x;
-  // Masked problems have more work in later row blocks: start those first.
-  const int m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group();
+  int m_block, b;
+  if constexpr (kVar && kFlat) {
+    // Varlen, flattened grid (no block per max_seqlen_q row block of every sequence): sequence b
+    // owns blocks [start(b), start(b + 1)) of x, start(b) = cu_seqlens_q[b] / kBM + b, i.e. its
+    // ceil(len / kBM) row blocks and at most one spare (which exits). Each warp finds b with one
+    // round of loads per 32 sequences (start is strictly increasing: count the starts <= x).
+    const int slot = blockIdx.x, lane = tid % 32;
+    int cnt = 0;
+    for (int base = 1; base < p.batch; base += 32) {
+      const int i = base + lane;
+      const bool le = i < p.batch && p.cu_seqlens_q[i] / kBM + i <= slot;
+      const unsigned m = __ballot_sync(0xffffffffu, le);
+      cnt += __popc(m);
+      if (m != 0xffffffffu) break;
+    }
+    b = cnt;
+    const int start = p.cu_seqlens_q[b] / kBM + b;
+    const int nslots = p.cu_seqlens_q[b + 1] / kBM + b + 1 - start;
+    const int local = slot - start;
+    if (local >= nslots) return;
+    // Masked problems have more work in later row blocks: start those first.
+    m_block = p.has_window() ? nslots - 1 - local : local;
+  } else {
+    // Masked problems have more work in later row blocks: start those first.
+    m_block = p.has_window() ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    b = blockIdx.z;
+  }
+  const int h = blockIdx.y, hk = h / p.group();
   const int m0 = m_block * kBM;
-  const int rows_q = min(kBM, p.seqlen_q - m0);
+  // This sequence's lengths (dense: seqlen_q/k); varlen grids cover the longest sequence.
+  const int sq = kVar ? p.actual_seqlen_q(b) : p.seqlen_q;
+  if (kVar && m0 >= sq) return;
+  const int sk = kVar ? p.actual_seqlen_k(b) : p.seqlen_k;
+  const int rows_q = min(kBM, sq - m0);
   const int dchunks = p.head_dim / 8;
+  // Visible keys [lo, hi) of query row i of this sequence.
+  auto krange = [&](int i, int* lo, int* hi) {
+    if constexpr (kVar)
+      p.key_range(i, sq, sk, lo, hi);
+    else
+      p.key_range(i, lo, hi);
+  };
 
-  T* const out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
-                 static_cast<int64_t>(m0) * p.out_stride.row;
-  float* const lse_out =
-      p.softmax_lse ? p.softmax_lse + (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0
-                    : nullptr;
+  T* out;
+  float* lse_out;
+  if constexpr (kVar) {
+    out = static_cast<T*>(p.out) + p.q_offset(p.out_stride, b, m0) + h * p.out_stride.head;
+    lse_out = p.softmax_lse ? p.softmax_lse + p.lse_offset(b, h, m0) : nullptr;
+  } else {
+    out = static_cast<T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
+          static_cast<int64_t>(m0) * p.out_stride.row;
+    lse_out =
+        p.softmax_lse ? p.softmax_lse + (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + m0
+                      : nullptr;
+  }
 
   // Key range seen by the block (key_range's bounds are non-decreasing in the row).
   int lo_first, hi_first, lo_last, hi_last;
-  p.key_range(m0, &lo_first, &hi_first);
-  p.key_range(m0 + rows_q - 1, &lo_last, &hi_last);
+  krange(m0, &lo_first, &hi_first);
+  krange(m0 + rows_q - 1, &lo_last, &hi_last);
   if (lo_first >= hi_last) {  // no row of this block sees a key: out = 0, lse = +inf
     for (int c = tid; c < rows_q * dchunks; c += Tr::kThreads) {
       const int r = c / dchunks, ch = c % dchunks;
@@ -138,26 +189,30 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
     // ---------------- producer ----------------
     sm90::setmaxnreg_dec<40>();
     if (tid == 0) {
+      // TMA row coordinates: dense (row, b); varlen rows of the packed tensor, batch 0.
+      const int q_row = kVar ? p.cu_seqlens_q[b] + m0 : m0;
+      const int k_row = kVar ? p.cu_seqlens_k[b] : 0;
+      const int tb = kVar ? 0 : b;
       sm90::mbar_expect_tx(full_q, Tr::kQBytes);
 #pragma unroll
       for (int pn = 0; pn < kPanels; ++pn)
-        sm90::tma_load_4d(sQ + pn * Tr::kQPanel, &args.tq, full_q, pn * 64, m0, h, b);
+        sm90::tma_load_4d(sQ + pn * Tr::kQPanel, &args.tq, full_q, pn * 64, q_row, h, tb);
       for (int it = 0; it < n_tiles; ++it) {
         const int s = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int n0 = (n_first + it) * BN;
+        const int n0 = k_row + (n_first + it) * BN;
         sm90::mbar_wait(empty_k(s), ph ^ 1);
         sm90::mbar_expect_tx(full_k(s), Tr::kKVBytes);
 #pragma unroll
         for (int pn = 0; pn < kPanels; ++pn)
           sm90::tma_load_4d(sK0 + s * Tr::kKVBytes + pn * Tr::kKVPanel, &args.tk, full_k(s),
-                            pn * 64, n0, hk, b);
+                            pn * 64, n0, hk, tb);
         sm90::mbar_wait(empty_v(s), ph ^ 1);
         sm90::mbar_expect_tx(full_v(s), Tr::kKVBytes);
 #pragma unroll
         for (int pn = 0; pn < kPanels; ++pn)
           sm90::tma_load_4d(sV0 + s * Tr::kKVBytes + pn * Tr::kKVPanel, &args.tv, full_v(s),
-                            pn * 64, n0, hk, b);
+                            pn * 64, n0, hk, tb);
       }
     }
   } else {
@@ -167,12 +222,12 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
     const int warp4 = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int row_wg = 64 * c;                    // first row of this warpgroup in the block
     const int rl0 = row_wg + 16 * warp4 + g;      // this thread's rows: rl0, rl0 + 8 (local)
-    const int wg_rows = min(64, p.seqlen_q - (m0 + row_wg));
+    const int wg_rows = min(64, sq - (m0 + row_wg));
     // Visible keys of this warpgroup's valid rows: [wlo, whi); tiles outside are skipped.
     int wlo = 0, whi = 0, wlo_last = 0, whi_first = 0;
     if (wg_rows > 0) {
-      p.key_range(m0 + row_wg, &wlo, &whi_first);
-      p.key_range(m0 + row_wg + wg_rows - 1, &wlo_last, &whi);
+      krange(m0 + row_wg, &wlo, &whi_first);
+      krange(m0 + row_wg + wg_rows - 1, &wlo_last, &whi);
     }
 
     const bool plain = !(p.softcap > 0.f) && p.alibi_slopes == nullptr;
@@ -221,13 +276,18 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
 #pragma unroll
             for (int cc = 0; cc < 2; ++cc) {
               float th;
-              sc[4 * jb + 2 * r + cc] =
-                  prim::logit(p, sc[4 * jb + 2 * r + cc], slope, i, n0 + 8 * jb + 2 * t + cc, &th);
+              const int j = n0 + 8 * jb + 2 * t + cc;
+              // Varlen: ALiBi aligns with this sequence's own lengths (sk - sq).
+              if constexpr (kVar)
+                sc[4 * jb + 2 * r + cc] =
+                    prim::logit_off(p, sc[4 * jb + 2 * r + cc], slope, i, j, sk - sq, &th);
+              else
+                sc[4 * jb + 2 * r + cc] = prim::logit(p, sc[4 * jb + 2 * r + cc], slope, i, j, &th);
             }
         }
         if (!full_tile) {
           int lo, hi;
-          p.key_range(i, &lo, &hi);
+          krange(i, &lo, &hi);
 #pragma unroll
           for (int jb = 0; jb < BN / 8; ++jb)
 #pragma unroll
@@ -276,6 +336,29 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
         pa[kk][3] = prim::Elem<T>::pack(sc[8 * kk + 6], sc[8 * kk + 7]);
       }
     };
+    // Varlen: the V tile of keys n0.. (sequence-local) may hold rows past this sequence's keys
+    // (the next sequence's, or ones past seqused_k) where P = 0: zero them in shared memory so
+    // a non-finite value there cannot make 0 * V a NaN. Only the block's last key tile can have
+    // any (key_range stops at sk), so the pipelined loop checks only that one.
+    // Generic stores, then the async-proxy fence and a warpgroup barrier before wgmma reads V.
+    auto clear_v_tail = [&](uint32_t sV, int n0) {
+      if constexpr (kVar) {
+        const int r0 = sk - n0;  // uniform over the block
+        if (r0 < BN) {
+          const int tl = tid - 128 * wg;
+          for (int idx = tl; idx < (BN - r0) * kPanels * 8; idx += 128) {
+            const int row = r0 + idx / (kPanels * 8), pn = (idx / 8) % kPanels, ch = idx % 8;
+            *reinterpret_cast<uint4*>(gbase + (sV - base) + pn * Tr::kKVPanel + row * 128 + ch * 16) =
+                make_uint4(0, 0, 0, 0);
+          }
+          sm90::fence_proxy_async();
+          sm90::named_sync(1 + c, 128);
+        }
+      } else {
+        (void)sV;
+        (void)n0;
+      }
+    };
     auto release = [&](uint32_t bar) {
       __syncwarp();
       if (lane == 0) sm90::mbar_arrive(bar);
@@ -308,6 +391,7 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
         }
         sm90::mbar_wait(full_v(s), ph);
         if (active) {
+          clear_v_tail(sV0 + s * Tr::kKVBytes, n0);
           issue_o(pa, sV0 + s * Tr::kKVBytes);
           sm90::wgmma_wait<0>();
           sm90::reg_fence(o);
@@ -368,6 +452,7 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
         }
         const int sl = (n_tiles - 1) % STAGES;
         sm90::mbar_wait(full_v(sl), ((n_tiles - 1) / STAGES) & 1);
+        clear_v_tail(sV0 + sl * Tr::kKVBytes, (n_first + n_tiles - 1) * BN);
         turn_wait();
         issue_o(pa, sV0 + sl * Tr::kKVBytes);
         turn_pass(true);
@@ -474,14 +559,21 @@ Status make_tensor_map(CUtensorMap* map, const void* ptr, int head_dim, int rows
   return Status::Ok();
 }
 
-// What this family cannot take (the mma.sync family serves it).
+// What this family cannot take (the mma.sync family serves it). kVar: the packed varlen
+// instances (cu_seqlens without block_table), which the dense instances never take.
+template <bool kVar = false>
 inline Status sm90_supports(const AttnParams& p) {
-  if (p.is_varlen() || p.is_kvcache)
-    return Status::NoInstance("fwd_sm90: varlen / kv-cache layouts are not compiled");
+  if (p.is_kvcache) return Status::NoInstance("fwd_sm90: kv-cache layouts are not compiled");
+  if (p.is_varlen() != kVar)
+    return Status::NoInstance(kVar ? "fwd_sm90: varlen instance, dense call"
+                                   : "fwd_sm90: dense instance, varlen call");
+  if (kVar && (p.block_table != nullptr || p.total_k <= 0))
+    return Status::NoInstance("fwd_sm90: paged varlen is not compiled");
   if (p.has_dropout()) return Status::NoInstance("fwd_sm90: dropout is not compiled");
   if (p.seqlen_k == 0) return Status::NoInstance("fwd_sm90: seqlen_k == 0");
+  // Varlen lse is (nheads, total_q) by construction (lse_offset); dense must be contiguous.
   const bool lse_contiguous =
-      (p.lse_batch_stride == 0 && p.lse_head_stride == 0) ||
+      kVar || (p.lse_batch_stride == 0 && p.lse_head_stride == 0) ||
       (p.lse_head_stride == p.seqlen_q &&
        p.lse_batch_stride == static_cast<int64_t>(p.nheads) * p.seqlen_q);
   if (!lse_contiguous) return Status::NoInstance("fwd_sm90: softmax_lse must be contiguous");
@@ -491,30 +583,40 @@ inline Status sm90_supports(const AttnParams& p) {
   return Status::Ok();
 }
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
+          bool kVar = false, bool kFlat = false>
 Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = Sm90Traits<D, BN, STAGES>;
-  FLASHPLUS_RETURN_IF_ERROR(sm90_supports(p));
+  FLASHPLUS_RETURN_IF_ERROR(sm90_supports<kVar>(p));
   if (p.seqlen_q == 0 || p.batch == 0 || p.nheads == 0) return Status::Ok();
+  if (kVar && p.total_q == 0) return Status::Ok();
   Sm90Args a;
   a.p = p;
-  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tq, p.q, p.head_dim, p.seqlen_q, p.nheads,
-                                               p.batch, p.q_stride, Tr::kBM));
-  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tk, p.k, p.head_dim, p.seqlen_k, p.nheads_k,
-                                               p.batch, p.k_stride, BN));
-  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tv, p.v, p.head_dim, p.seqlen_k, p.nheads_k,
-                                               p.batch, p.v_stride, BN));
-  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG>;
+  // Varlen: maps over the packed (total, heads, d) tensors (batch 1); the kernel adds the
+  // sequence's first row to the row coordinate.
+  const int rows_q = kVar ? p.total_q : p.seqlen_q, rows_k = kVar ? p.total_k : p.seqlen_k;
+  const int nb = kVar ? 1 : p.batch;
+  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tq, p.q, p.head_dim, rows_q, p.nheads, nb,
+                                               p.q_stride, Tr::kBM));
+  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tk, p.k, p.head_dim, rows_k, p.nheads_k, nb,
+                                               p.k_stride, BN));
+  FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tv, p.v, p.head_dim, rows_k, p.nheads_k, nb,
+                                               p.v_stride, BN));
+  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG, kVar, kFlat>;
   FLASHPLUS_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            Tr::kSmemBytes));
-  const dim3 grid((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
+  // Varlen, flattened: total_q / kBM + batch blocks per head (see the kernel); else one block
+  // per row block of max_seqlen_q per sequence (those past a sequence's end exit).
+  const dim3 grid = kVar && kFlat ? dim3(p.total_q / Tr::kBM + p.batch, p.nheads, 1)
+                                  : dim3((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
   FLASHPLUS_GPU_CHECK_LAUNCH("fwd_sm90_kernel");
   return Status::Ok();
 }
 
 // Runs the compiled tile of bucket D that `cfg` names (0 fields = the bucket's default).
-template <typename T, int D>
+// kVar: the packed varlen instance (own .cu files: fwd_sm90_var_*.cu).
+template <typename T, int D, bool kVar = false>
 Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream) {
   if (cfg.num_splits > 1) return Status::NoInstance("fwd_sm90: split-KV is not compiled");
   const bool is_default = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0 &&
@@ -525,7 +627,9 @@ Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
     if ((is_default && first) ||                                                            \
         (cfg.block_m == BM && cfg.block_n == BN && cfg.num_warps == kSm90Warps &&           \
          (cfg.stages == ST || cfg.stages == 0)))                                            \
-      return launch_fwd_sm90_tile<T, DD, BN, ST, OV>(p, stream);                                \
+      return kVar && fwd_sm90_varlen_mode() == 1                                            \
+                 ? launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, false>(p, stream)   \
+                 : launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, kVar>(p, stream);   \
     first = false;                                                                          \
   }
   if constexpr (D == 64) { FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_TRY) }
