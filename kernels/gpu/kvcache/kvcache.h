@@ -9,9 +9,7 @@
 //      block per (b, kv head) writes them into the cache);
 //   2. attention on tensor cores: one block per (query-row block, kv head, batch, split); the
 //      group's query heads are packed into the rows so the cache is read once per kv head;
-//   3. combine (num_splits > 1): the splits' fp32 partial O and LSE merged into out and lse
-//      (FLASHPLUS_KVCACHE_FOLD=1: folded into 2 instead, the split blocks that finish last per
-//      (row block, kv head, sequence) merge; measured slower, docs/PERF.md round 7).
+//   3. combine (num_splits > 1): the splits' fp32 partial O and LSE merged into out and lse.
 // On sm_90, 2 and 3 use programmatic dependent launch (each waits in-kernel for its predecessor).
 // Indices the caller passes in device memory (cache_seqlens, block_table, cache_batch_idx,
 // cache_leftpad, rotary positions) are range-checked in the kernels: an out-of-range one is never

@@ -1,5 +1,4 @@
-// KV-cache decoding kernels (NVIDIA, mma.sync m16n8k16): pre-pass, split-KV attention (which can
-// fold the combine into each group's last splits, FLASHPLUS_KVCACHE_FOLD=1), combine.
+// KV-cache decoding kernels (NVIDIA, mma.sync m16n8k16): pre-pass, split-KV attention, combine.
 // Interface and the error-word protocol: gpu/kvcache/kvcache.h.
 //
 // Attention block = 16 packed query rows (row r: token r / group, query head hk * group +
@@ -48,8 +47,6 @@ namespace flashplus::gpu::kv {
 #define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
 
 constexpr int kRows = kKvcacheBlockRows;
-constexpr int kMaxSplits = 128;
-constexpr int kCombineBatch = 16;  // split loads in flight per combine thread
 
 // What the attention and combine kernels receive besides the params.
 struct KvArgs {
@@ -67,13 +64,6 @@ struct KvArgs {
   // host reads.
   int* done = nullptr;
   unsigned* done_count = nullptr;
-  // Combine folded into the attention (nsplit > 1, FLASHPLUS_KVCACHE_FOLD=1): one 64-bit word per
-  // (row block, kv head, sequence) in the call's workspace, (tag << 16) | splits counted. The
-  // workspace is not zeroed, so a word whose tag is not this call's (pool garbage, an earlier or
-  // failed call) counts as 0; the tag is fresh per call (kv_fold_tag), so no reset is needed and
-  // concurrent calls (own workspaces) never share a word. The split that counts last combines.
-  unsigned long long* fold_count = nullptr;
-  unsigned long long fold_tag = 0;
 };
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
@@ -286,123 +276,6 @@ __device__ __forceinline__ float kv_alibi(const AttnParams& p, float slope, int 
   if (p.is_causal) return slope * static_cast<float>(j);
   const int dist = i + sk - sq - j;
   return -slope * static_cast<float>(dist < 0 ? -dist : dist);
-}
-
-// Folded combine (KvArgs::fold_count), two levels so no block merges many splits: the splits of a
-// (row block, kv head, sequence) form sub-groups of kFoldSub; the block that counts last in its
-// sub-group merges the sub-group's partials into its first split's slot (a partial again), and
-// the sub-group merger that counts last merges those into out / lse (one level when nsplit <=
-// kFoldSub). A merge reads count x rows x head_dim fp32 (16 KB at 8 splits, 4 rows, d 128): one
-// round of loads in flight per thread, where one block merging 64 splits would chain eight.
-constexpr int kFoldSub = 8;
-
-// Thread 0 counts the block in `word` ((tag << 16) | count; another tag counts as 0); true in
-// every thread of the block that counts `target`-th. Release before (every thread's writes
-// fenced, then the barrier), acquire after (the last block fences again before reading).
-__device__ __forceinline__ bool kv_fold_count(unsigned long long* word, unsigned long long tag,
-                                              int target) {
-  __threadfence();
-  __syncthreads();
-  int last = 0;
-  if (threadIdx.x == 0) {
-    unsigned long long old = *reinterpret_cast<volatile unsigned long long*>(word), want;
-    for (;;) {
-      want = (old >> 16) == tag ? old + 1 : (tag << 16) + 1;
-      const unsigned long long seen = atomicCAS(word, old, want);
-      if (seen == old) break;
-      old = seen;
-    }
-    last = static_cast<int>(want & 0xffffu) == target;
-    if (last) __threadfence();
-  }
-  return __syncthreads_or(last) != 0;
-}
-
-// Merges the partials of splits first, first + stride, ... (count of them) of the block's `rows`
-// packed rows, as kv_combine_kernel does: lse = m + log sum_k exp(lse_k - m), O = sum_k
-// exp(lse_k - lse) O_k; into out / softmax_lse when `final` (a row nobody saw: out 0, lse +inf),
-// else into split `first`'s slot (lse -inf, O 0 for such a row). smem: the attention's shared
-// memory, free again.
-template <typename T, int kThreads>
-__device__ __forceinline__ void kv_fold_merge(const AttnParams& p, const KvArgs& a, int b, int hk,
-                                              int m0, int rows, int first, int count, int stride,
-                                              bool final, unsigned char* smem) {
-  float* sW = reinterpret_cast<float*>(smem);  // [kRows][kMaxSplits]
-  float* sLse = sW + kRows * kMaxSplits;        // [kRows]
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  constexpr int kWarps = kThreads / 32;
-  const int grp = p.group(), sq = p.seqlen_q;
-  const int64_t split_stride = static_cast<int64_t>(p.batch) * p.nheads * sq;
-  auto rid_of = [&](int row) {
-    const int mrow = m0 + row;
-    return (static_cast<int64_t>(b) * p.nheads + hk * grp + mrow % grp) * sq + mrow / grp;
-  };
-  for (int row = warp; row < rows; row += kWarps) {  // a warp per row
-    const int64_t rid = rid_of(row);
-    float m = -INFINITY;
-    for (int k = lane; k < count; k += 32) {
-      const float ls = __ldcg(a.lse_acc + (first + k * stride) * split_stride + rid);
-      sW[row * kMaxSplits + k] = ls;
-      m = fmaxf(m, ls);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float sum = 0.f;
-    for (int k = lane; k < count; k += 32)
-      sum += m == -INFINITY ? 0.f : expf(sW[row * kMaxSplits + k] - m);
-    sum = prim::warp_sum(sum);
-    const float lse = m == -INFINITY ? (final ? INFINITY : -INFINITY) : m + logf(sum);
-    for (int k = lane; k < count; k += 32)
-      sW[row * kMaxSplits + k] = m == -INFINITY ? 0.f : expf(sW[row * kMaxSplits + k] - lse);
-    if (lane == 0) sLse[row] = lse;
-  }
-  __syncthreads();
-  const int nchunk = p.head_dim / 4;
-  for (int c = tid; c < rows * nchunk; c += kThreads) {
-    const int row = c / nchunk, chunk = c % nchunk;
-    const int64_t rid = rid_of(row);
-    const float* base = a.o_acc + rid * p.head_dim + chunk * 4;
-    const float* w = sW + row * kMaxSplits;
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int k0 = 0; k0 < count; k0 += kCombineBatch) {
-      float4 x[kCombineBatch];
-#pragma unroll
-      for (int u = 0; u < kCombineBatch; ++u)
-        x[u] = k0 + u < count ? __ldcg(reinterpret_cast<const float4*>(
-                                    base + (first + (k0 + u) * stride) * split_stride * p.head_dim))
-                              : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int u = 0; u < kCombineBatch; ++u) {
-        const float wu = k0 + u < count ? w[k0 + u] : 0.f;
-        o.x = fmaf(wu, x[u].x, o.x);
-        o.y = fmaf(wu, x[u].y, o.y);
-        o.z = fmaf(wu, x[u].z, o.z);
-        o.w = fmaf(wu, x[u].w, o.w);
-      }
-    }
-    if (final) {
-      const int mrow = m0 + row, i = mrow / grp, h = hk * grp + mrow % grp;
-      T* out = static_cast<T*>(p.out) + b * p.out_stride.batch +
-               static_cast<int64_t>(i) * p.out_stride.row + h * p.out_stride.head + chunk * 4;
-      uint2 v;
-      v.x = prim::Elem<T>::pack(o.x, o.y);
-      v.y = prim::Elem<T>::pack(o.z, o.w);
-      *reinterpret_cast<uint2*>(out) = v;
-      if (chunk == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = sLse[row];
-    } else {
-      // Thread c read this slot's (row, chunk) itself above; nobody else reads or writes it now.
-      const int64_t slot = first * split_stride + rid;
-      *reinterpret_cast<float4*>(a.o_acc + slot * p.head_dim + chunk * 4) = o;
-      if (chunk == 0) a.lse_acc[slot] = sLse[row];
-    }
-  }
-}
-
-// Words of KvArgs::fold_count per (row block, kv head, sequence): the group's, then one per
-// sub-group (none when one level).
-__host__ __device__ __forceinline__ int kv_fold_words(int nsplit) {
-  const int nsub = (nsplit + kFoldSub - 1) / kFoldSub;
-  return nsub > 1 ? 1 + nsub : 1;
 }
 
 template <typename T, int D, int BN, int NW, int STAGES>
@@ -856,26 +729,6 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     }
   }
   if (bad && a.done == nullptr) kv_report(a.err, bad);  // early report: done before the loop
-  static_assert((kRows * kMaxSplits + kRows) * 4 <= Tr::kSmemBytes, "fold combine's weights");
-  if (a.nsplit > 1 && a.fold_count != nullptr) {
-    // ---- folded combine (kv_fold_merge): the last of each sub-group, then the last of those ----
-    const int ns = a.nsplit, nsub = (ns + kFoldSub - 1) / kFoldSub;
-    unsigned long long* words =
-        a.fold_count + ((static_cast<int64_t>(b) * p.nheads_k + hk) * (gridDim.x / ns) + mb) *
-                           kv_fold_words(ns);
-    if (nsub == 1) {
-      if (kv_fold_count(words, a.fold_tag, ns))
-        kv_fold_merge<T, kThreads>(p, a, b, hk, m0, rows, 0, ns, 1, true, smem_raw);
-    } else {
-      const int sub = split / kFoldSub, first = sub * kFoldSub;
-      const int cnt = min(kFoldSub, ns - first);
-      if (kv_fold_count(words + 1 + sub, a.fold_tag, cnt)) {
-        kv_fold_merge<T, kThreads>(p, a, b, hk, m0, rows, first, cnt, 1, false, smem_raw);
-        if (kv_fold_count(words, a.fold_tag, nsub))
-          kv_fold_merge<T, kThreads>(p, a, b, hk, m0, rows, 0, nsub, kFoldSub, true, smem_raw);
-      }
-    }
-  }
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -888,6 +741,8 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
 // 4-channel chunk `chunk` kCombineBatch splits at a time (16-byte loads, all in flight), and the
 // groups' partial sums meet in shared memory.
 constexpr int kCombineThreads = 128;
+constexpr int kMaxSplits = 128;
+constexpr int kCombineBatch = 16;  // split loads in flight per combine thread
 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnParams p, const KvArgs a) {
@@ -1047,24 +902,6 @@ inline bool kv_fuse_enabled() {
   return env;
 }
 
-// FLASHPLUS_KVCACHE_FOLD=1 folds the combine into the attention (the splits that finish last
-// merge, kv_fold_merge); default off: the separate combine kernel measured faster on the H100
-// (docs/PERF.md "KV-cache decoding, round 7": the fold cost 4-6 % at batch 1, even at batch 8).
-inline bool kv_fold_enabled() {
-  static const bool env = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_FOLD");
-    return e != nullptr && e[0] == '1';
-  }();
-  return env;
-}
-
-// A fresh 48-bit tag per call for KvArgs::fold_count: a fixed high part (so zeros and small
-// values of reused workspace memory never match) plus a process-wide call number.
-inline unsigned long long kv_fold_tag() {
-  static std::atomic<unsigned long long> n{0};
-  return (0xB7E1ull << 32) | (n.fetch_add(1, std::memory_order_relaxed) & 0xffffffffull);
-}
-
 template <typename T, int D, int BN, int NW, int STAGES>
 Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream, bool pdl) {
   using Tr = KvTraits<D, BN, NW, STAGES>;
@@ -1219,25 +1056,20 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                                                                     : kvcache_num_splits(p, dev, ran.block_n, blocks_per_sm)));
   ran.num_splits = nsplit;
 
-  // Workspace, stream-ordered: [error flags when unchecked | rotated q | split LSE | split O |
-  // folded combine counters].
+  // Workspace, stream-ordered: [error flags when unchecked | rotated q | split LSE | split O].
   const bool rot = p.rotary_dim > 0 && p.seqlen_q > 0;
   const bool append = p.k_new != nullptr && p.seqlen_new > 0;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   const int64_t q_bytes = rot ? round_up_256(rows * p.head_dim * static_cast<int64_t>(sizeof(T))) : 0;
   const int64_t lse_bytes = nsplit > 1 ? round_up_256(nsplit * rows * 4) : 0;
   const int64_t o_bytes = nsplit > 1 ? nsplit * rows * p.head_dim * 4 : 0;
-  const bool fold = nsplit > 1 && kv_fold_enabled();
-  const int64_t fold_groups = static_cast<int64_t>(p.batch) * p.nheads_k *
-                              ((static_cast<int64_t>(p.seqlen_q) * p.group() + kRows - 1) / kRows);
-  const int64_t fold_bytes = fold ? round_up_256(fold_groups * kv_fold_words(nsplit) * 8) : 0;
   int device = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&device));
   cudaMemPool_t pool = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(workspace_pool(device, &pool));
   char* ws = nullptr;
   FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws),
-                                              static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes + fold_bytes),
+                                              static_cast<size_t>(256 + q_bytes + lse_bytes + o_bytes),
                                               pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
@@ -1273,10 +1105,6 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     a.lse_acc = reinterpret_cast<float*>(ws + 256 + q_bytes);
     a.o_acc = reinterpret_cast<float*>(ws + 256 + q_bytes + lse_bytes);
   }
-  if (fold) {
-    a.fold_count = reinterpret_cast<unsigned long long*>(ws + 256 + q_bytes + lse_bytes + o_bytes);
-    a.fold_tag = kv_fold_tag();
-  }
   Status st = [&]() -> Status {
     if ((append && !a.fuse_append) || rot) {
       const int64_t items = (append ? static_cast<int64_t>(p.seqlen_new) * p.nheads_k : 0) +
@@ -1294,7 +1122,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                     static_cast<int64_t>(p.nheads) * p.head_dim, p.head_dim};
     }
     FLASHPLUS_RETURN_IF_ERROR(launch(p, a, stream, pdl));
-    if (nsplit > 1 && !fold) {
+    if (nsplit > 1) {
       if (rows > 0x7fffffffLL) return Status::Unsupported("kvcache: combine grid too large");
       FLASHPLUS_GPU_CHECK(kv_launch(kv_combine_kernel<T>, dim3(static_cast<unsigned>(rows)),
                                     kCombineThreads, 0, stream, pdl, p, a));
