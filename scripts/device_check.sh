@@ -2,8 +2,10 @@
 # One whole GPU measurement in one lease (docs/PERF.md): correctness, sanitizers, our bench and
 # the peers' in the same run, then autotune. Build here, then carry the binary:
 #   scripts/build build-cuda -DFLASHPLUS_CUDA=ON -DFLASHPLUS_HIP=OFF -DCMAKE_CUDA_ARCHITECTURES=90a-real
-#   mkdir -p .device/lib && cp build-cuda/cli/flashplus .device/ \
+#   mkdir -p .device/lib && xz -T2 -6 -c build-cuda/cli/flashplus > .device/flashplus.xz \
 #     && cp /lib/x86_64-linux-gnu/libfmt.so.9 .device/lib/ && cp ../shared/tools/peer_bench.py .device/
+#   (the binary is ~62 MB with every wgmma instance, 10 MB compressed: carry's limit is 64 MiB;
+#   it is unpacked next to its configs so it finds configs/tuned, see kernels/src/tuning.cpp)
 #   (device) bash scripts/device_check.sh          # writes logs and JSON under $OUT
 # Steps (STEPS env, default all): info verify sanitize bench peers gpusuite autotune tunedgain
 #   plus, not in the default: kvfallback (kv cases through the portable path), kvsuite, varlensuite,
@@ -13,6 +15,7 @@ OUT=${OUT:-/tmp/flashplus-device}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/.device/lib:${LD_LIBRARY_PATH:-}
 FP=$PWD/.device/flashplus
+if [ -f .device/flashplus.xz ] && [ ! -x "$FP" ]; then xz -d -T4 -c .device/flashplus.xz > "$FP" && chmod +x "$FP"; fi
 # Configs as built with the binary (a snapshot in .device/configs when present).
 CFG=configs; [ -d .device/configs ] && CFG=.device/configs
 STEPS=${STEPS:-info verify sanitize bench peers gpusuite autotune tunedgain}
