@@ -116,14 +116,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
   const int n_iters = G * m_count;
 
-  const T* kg =
-      kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, n0)
-           : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
-                 static_cast<int64_t>(n0) * p.k_stride.row;
-  const T* vg =
-      kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, n0)
-           : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
-                 static_cast<int64_t>(n0) * p.v_stride.row;
+  const T* kg = bwd_kv_ptr<kVar, T>(p, p.k, p.k_stride, b, hk, n0);
+  const T* vg = bwd_kv_ptr<kVar, T>(p, p.v, p.v_stride, b, hk, n0);
   load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
   load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
 
@@ -131,14 +125,8 @@ __global__ void __launch_bounds__(NW * 32, 1)
     const int hq = hk * G + it / m_count;
     const int m0 = (m_first + it % m_count) * BM;
     const int rows_q = min(BM, FP_BWD_SQ - m0);
-    const T* qg =
-        kVar ? static_cast<const T*>(p.q) + hq * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
-             : static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
-                   static_cast<int64_t>(m0) * p.q_stride.row;
-    const T* dog = kVar ? static_cast<const T*>(p.dout) + hq * p.dout_stride.head +
-                              p.q_offset(p.dout_stride, b, m0)
-                        : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                              hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    const T* qg = bwd_q_ptr<kVar, T>(p, p.q, p.q_stride, b, hq, m0);
+    const T* dog = bwd_q_ptr<kVar, T>(p, p.dout, p.dout_stride, b, hq, m0);
     load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
                                             dchunks, qg, tid);
     load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,

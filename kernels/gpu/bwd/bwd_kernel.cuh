@@ -86,6 +86,23 @@ __device__ __forceinline__ int64_t bwd_row(const AttnParams& p, int b, int h, in
     return static_cast<int64_t>(h) * p.total_q + p.cu_seqlens_q[b] + i;
   return (static_cast<int64_t>(b) * p.nheads + h) * p.seqlen_q + i;
 }
+// Row i of head h, sequence b in a q-like tensor (q, out, dout) or, bwd_kv_ptr, key j in a k-like
+// one (k, v): the packed varlen layout (AttnParams::q_offset / kv_offset) when kVar, else the
+// batch and row strides.
+template <bool kVar, typename T>
+__device__ __forceinline__ const T* bwd_q_ptr(const AttnParams& p, const void* base,
+                                             const Strides3& st, int b, int h, int i) {
+  return kVar ? static_cast<const T*>(base) + h * st.head + p.q_offset(st, b, i)
+              : static_cast<const T*>(base) + b * st.batch + h * st.head +
+                    static_cast<int64_t>(i) * st.row;
+}
+template <bool kVar, typename T>
+__device__ __forceinline__ const T* bwd_kv_ptr(const AttnParams& p, const void* base,
+                                              const Strides3& st, int b, int h, int j) {
+  return kVar ? static_cast<const T*>(base) + h * st.head + p.kv_offset(st, b, j)
+              : static_cast<const T*>(base) + b * st.batch + h * st.head +
+                    static_cast<int64_t>(j) * st.row;
+}
 // Rows bwd_row spans.
 __host__ __device__ inline int64_t bwd_rows(const AttnParams& p) {
   return p.is_varlen() ? static_cast<int64_t>(p.nheads) * p.total_q
@@ -215,14 +232,8 @@ __global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float*
       acc[1] = make_float4(0, 0, 0, 0);
     }
     if (x < p.head_dim) {
-      const T* o =
-          kVar ? static_cast<const T*>(p.out) + h * p.out_stride.head + p.q_offset(p.out_stride, b, i) + x
-               : static_cast<const T*>(p.out) + b * p.out_stride.batch + h * p.out_stride.head +
-                     static_cast<int64_t>(i) * p.out_stride.row + x;
-      const T* dout = kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head +
-                                 p.q_offset(p.dout_stride, b, i) + x
-                           : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                                 h * p.dout_stride.head + static_cast<int64_t>(i) * p.dout_stride.row + x;
+      const T* o = bwd_q_ptr<kVar, T>(p, p.out, p.out_stride, b, h, i) + x;
+      const T* dout = bwd_q_ptr<kVar, T>(p, p.dout, p.dout_stride, b, h, i) + x;
       const uint4 ov = *reinterpret_cast<const uint4*>(o);
       const uint4 dv = *reinterpret_cast<const uint4*>(dout);
       const T* oe = reinterpret_cast<const T*>(&ov);
@@ -344,14 +355,8 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
   const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
   const int n_iters = G * m_count;  // (query head, query block) pairs, flattened
 
-  const T* kg =
-      kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, n0)
-           : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head +
-                 static_cast<int64_t>(n0) * p.k_stride.row;
-  const T* vg =
-      kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, n0)
-           : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head +
-                 static_cast<int64_t>(n0) * p.v_stride.row;
+  const T* kg = bwd_kv_ptr<kVar, T>(p, p.k, p.k_stride, b, hk, n0);
+  const T* vg = bwd_kv_ptr<kVar, T>(p, p.v, p.v_stride, b, hk, n0);
   load_tile_async<TileKV, BN, D, kThreads>(sK, kg, p.k_stride.row, rows_k, dchunks, kg, tid);
   load_tile_async<TileKV, BN, D, kThreads>(sV, vg, p.v_stride.row, rows_k, dchunks, vg, tid);
 
@@ -360,14 +365,8 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
     const int hq = hk * G + it / m_count;
     const int m0 = (m_first + it % m_count) * BM;
     const int rows_q = min(BM, FP_BWD_SQ - m0);
-    const T* qg =
-        kVar ? static_cast<const T*>(p.q) + hq * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
-             : static_cast<const T*>(p.q) + b * p.q_stride.batch + hq * p.q_stride.head +
-                   static_cast<int64_t>(m0) * p.q_stride.row;
-    const T* dog = kVar ? static_cast<const T*>(p.dout) + hq * p.dout_stride.head +
-                              p.q_offset(p.dout_stride, b, m0)
-                        : static_cast<const T*>(p.dout) + b * p.dout_stride.batch +
-                              hq * p.dout_stride.head + static_cast<int64_t>(m0) * p.dout_stride.row;
+    const T* qg = bwd_q_ptr<kVar, T>(p, p.q, p.q_stride, b, hq, m0);
+    const T* dog = bwd_q_ptr<kVar, T>(p, p.dout, p.dout_stride, b, hq, m0);
     load_tile_async<TileQ, BM, D, kThreads>(sQ + buf * TileQ::kElems, qg, p.q_stride.row, rows_q,
                                             dchunks, qg, tid);
     load_tile_async<TileQ, BM, D, kThreads>(sdO + buf * TileQ::kElems, dog, p.dout_stride.row,
@@ -702,18 +701,10 @@ __global__ void __launch_bounds__(DqTile<D>::NW * 32)
     }
     return;
   }
-  const T* qg =
-      kVar ? static_cast<const T*>(p.q) + h * p.q_stride.head + p.q_offset(p.q_stride, b, m0)
-           : static_cast<const T*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
-                 static_cast<int64_t>(m0) * p.q_stride.row;
-  const T* dog =
-      kVar ? static_cast<const T*>(p.dout) + h * p.dout_stride.head + p.q_offset(p.dout_stride, b, m0)
-           : static_cast<const T*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
-                 static_cast<int64_t>(m0) * p.dout_stride.row;
-  const T* kg = kVar ? static_cast<const T*>(p.k) + hk * p.k_stride.head + p.kv_offset(p.k_stride, b, 0)
-                     : static_cast<const T*>(p.k) + b * p.k_stride.batch + hk * p.k_stride.head;
-  const T* vg = kVar ? static_cast<const T*>(p.v) + hk * p.v_stride.head + p.kv_offset(p.v_stride, b, 0)
-                     : static_cast<const T*>(p.v) + b * p.v_stride.batch + hk * p.v_stride.head;
+  const T* qg = bwd_q_ptr<kVar, T>(p, p.q, p.q_stride, b, h, m0);
+  const T* dog = bwd_q_ptr<kVar, T>(p, p.dout, p.dout_stride, b, h, m0);
+  const T* kg = bwd_kv_ptr<kVar, T>(p, p.k, p.k_stride, b, hk, 0);
+  const T* vg = bwd_kv_ptr<kVar, T>(p, p.v, p.v_stride, b, hk, 0);
   load_tile_async<TileQ, BM, D, kThreads>(sQ, qg, p.q_stride.row, rows_q, dchunks, qg, tid);
   load_tile_async<TileQ, BM, D, kThreads>(sdO, dog, p.dout_stride.row, rows_q, dchunks, dog, tid);
   prim::cp_async_commit();
