@@ -252,6 +252,18 @@ __global__ void __launch_bounds__(128) bwd_preprocess(const AttnParams p, float*
 }
 
 // ---- 3. dQ accumulator -> dtype --------------------------------------------------------------
+// Eight fp32 of the dQ accumulator (16-byte aligned) as eight T in one 16-byte store.
+template <typename T>
+__device__ __forceinline__ uint4 bwd_pack8(const float* a) {
+  const float4 x0 = *reinterpret_cast<const float4*>(a), x1 = *reinterpret_cast<const float4*>(a + 4);
+  uint4 out;
+  out.x = prim::Elem<T>::pack(x0.x, x0.y);
+  out.y = prim::Elem<T>::pack(x0.z, x0.w);
+  out.z = prim::Elem<T>::pack(x1.x, x1.y);
+  out.w = prim::Elem<T>::pack(x1.z, x1.w);
+  return out;
+}
+
 template <typename T, int D, bool kVar = false>
 __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // 8-elem chunk
@@ -265,12 +277,7 @@ __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
       const int tok = static_cast<int>(row % p.total_q), h = static_cast<int>(row / p.total_q);
       if (tok < p.cu_seqlens_q[0] || tok >= p.cu_seqlens_q[p.batch]) return;
       const float* a = dq_accum + row * D + ch * 8;
-      const float4 x0 = *reinterpret_cast<const float4*>(a), x1 = *reinterpret_cast<const float4*>(a + 4);
-      uint4 out;
-      out.x = prim::Elem<T>::pack(x0.x, x0.y);
-      out.y = prim::Elem<T>::pack(x0.z, x0.w);
-      out.z = prim::Elem<T>::pack(x1.x, x1.y);
-      out.w = prim::Elem<T>::pack(x1.z, x1.w);
+      const uint4 out = bwd_pack8<T>(a);
       T* dq = static_cast<T*>(p.dq) + h * p.dq_stride.head +
               static_cast<int64_t>(tok) * p.dq_stride.row + ch * 8;
       *reinterpret_cast<uint4*>(dq) = out;
@@ -285,12 +292,7 @@ __global__ void bwd_convert_dq(const AttnParams p, const float* dq_accum) {
   const int h = static_cast<int>((row / p.seqlen_q) % p.nheads);
   const int b = static_cast<int>(row / (static_cast<int64_t>(p.seqlen_q) * p.nheads));
   const float* a = dq_accum + row * D + ch * 8;
-  const float4 x0 = *reinterpret_cast<const float4*>(a), x1 = *reinterpret_cast<const float4*>(a + 4);
-  uint4 out;
-  out.x = prim::Elem<T>::pack(x0.x, x0.y);
-  out.y = prim::Elem<T>::pack(x0.z, x0.w);
-  out.z = prim::Elem<T>::pack(x1.x, x1.y);
-  out.w = prim::Elem<T>::pack(x1.z, x1.w);
+  const uint4 out = bwd_pack8<T>(a);
   T* dq = static_cast<T*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head +
           static_cast<int64_t>(i) * p.dq_stride.row + ch * 8;
   *reinterpret_cast<uint4*>(dq) = out;
