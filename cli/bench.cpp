@@ -184,14 +184,20 @@ BenchStats summarize(std::vector<double> v) {
 }
 
 void check_timing(const BenchSettings& s, Backend be) {
-  if (s.timing != "call" && s.timing != "stream")
-    throw usage_error(fmt::format("--timing: unknown '{}' (call|stream)", s.timing));
-  if (s.timing == "stream" && runtime::device_kind(be) == DeviceKind::cpu)
-    throw usage_error(
-        "--timing stream needs a GPU backend: the CPU backend runs each call on the host, so "
-        "there is no launch to hide (use --timing call)");
+  if (s.timing != "call" && s.timing != "stream" && s.timing != "flush")
+    throw usage_error(fmt::format("--timing: unknown '{}' (call|stream|flush)", s.timing));
+  if (s.timing != "call" && runtime::device_kind(be) == DeviceKind::cpu)
+    throw usage_error(fmt::format(
+        "--timing {} needs a GPU backend: the CPU backend runs each call on the host, so "
+        "there is no launch to hide and no device cache to clear (use --timing call)",
+        s.timing));
   if (!(s.delay_us >= 0) || s.delay_us > 1e6)
     throw usage_error("--timing-delay: 0 to 1e6 microseconds");
+}
+
+void before_sample(const BenchSettings& s, Backend be) {
+  if (s.timing == "stream") throw_if_error(runtime::delay(be, s.delay_us));
+  if (s.timing == "flush") throw_if_error(runtime::flush_l2(be, s.flush_bytes));
 }
 
 bool keep_sampling(const std::vector<double>& samples_ms, double wall_s, const BenchSettings& s,
@@ -425,10 +431,9 @@ BenchResult bench_workload(const BenchCase& c, Backend be, const BenchSettings& 
   std::vector<double> samples;
   runtime::Timer timer(be);
   bool converged = false;
-  const bool stream = s.timing == "stream";
   do {
     WorkloadRunner& st = *sets[next++ % nsets];
-    if (stream) throw_if_error(runtime::delay(be, s.delay_us));
+    before_sample(s, be);
     timer.start();
     st.run();
     samples.push_back(timer.stop_ms());
@@ -551,10 +556,9 @@ BenchResult bench_case(const BenchCase& c, Backend be, const BenchSettings& s,
   std::vector<double> samples;
   runtime::Timer timer(be);
   bool converged = false;
-  const bool stream = s.timing == "stream";
   do {
     Set& st = sets[next++ % nsets];
-    if (stream) throw_if_error(runtime::delay(be, s.delay_us));
+    before_sample(s, be);
     timer.start();
     once(st);
     samples.push_back(timer.stop_ms());

@@ -25,12 +25,17 @@ struct BenchSettings {
   // How a sample is timed (docs/BENCH.md): "call" = events around the call on an idle device
   // (the host's work before the first kernel is inside); "stream" = the same events, with a
   // delay kernel of delay_us enqueued before the start event, so the call is enqueued before the
-  // start event fires (the device's own time, as triton's do_bench times the peers).
+  // start event fires (the device's own time); "flush" = triton's do_bench protocol exactly:
+  // flush_bytes of zeros written on the device before the start event (the L2 cleared and left
+  // dirty, the memory busy, the call enqueued before it starts): how the peers are timed.
   std::string timing = "call";
   double delay_us = 300;
+  size_t flush_bytes = 256000000;  // do_bench's 256e6-byte cache-clearing buffer
 };
+// The device work enqueued before a sample's start event for `s.timing` (nothing for "call").
+void before_sample(const BenchSettings& s, Backend be);
 // Throws a usage error when `s.timing` is unknown or `be` cannot time that way (the CPU backend
-// has no stream: --timing stream is refused there).
+// has no stream: --timing stream and flush are refused there).
 void check_timing(const BenchSettings& s, Backend be);
 
 struct BenchStats {

@@ -146,8 +146,12 @@ int run_bench(const BenchArgs& a) {
       a.s.min_samples, a.s.warmup, a.s.max_noise * 100, a.s.min_time_s, a.s.max_time_s);
   if (a.s.timing == "stream")
     fmt::print("timing: stream (each call enqueued behind a {:g} us delay kernel before its start "
-               "event: the device's own time, as the peers are timed)\n",
+               "event: the device's own time)\n",
                a.s.delay_us);
+  else if (a.s.timing == "flush")
+    fmt::print("timing: flush (each call enqueued behind a {:g} MB memset before its start event: "
+               "triton do_bench's protocol, as the peers are timed)\n",
+               a.s.flush_bytes / 1e6);
   else
     fmt::print("timing: call (events around each call on an idle device: host work included)\n");
   size_t mw = 12;
@@ -273,6 +277,7 @@ int run_bench(const BenchArgs& a) {
             {"threads", a.s.threads},
             {"timing", a.s.timing},
             {"timing_delay_us", a.s.timing == "stream" ? a.s.delay_us : 0.0},
+            {"timing_flush_bytes", a.s.timing == "flush" ? a.s.flush_bytes : size_t{0}},
             {"l2_bytes_assumed", runtime::default_l2_bytes(be)}}},
           {"flop_convention",
            "cli/flops.h: fwd 4*b*h*d*pairs (pairs: sq*sk, causal sq*sk/2, windows count visible "
@@ -342,10 +347,11 @@ void register_bench(CLI::App& app, Action& action) {
   sub->add_option("--warmup", a->s.warmup, "Untimed calls before sampling (default 1)")
       ->check(non_negative());
   sub->add_option("--timing", a->s.timing,
-                  "call|stream: how a sample is timed (default call: events around the call on "
-                  "an idle device; stream: the call enqueued behind a delay kernel, the device's "
-                  "own time, as triton's do_bench times the peers; GPU backends only)")
-      ->check(CLI::IsMember({"call", "stream"}));
+                  "call|stream|flush: how a sample is timed (default call: events around the "
+                  "call on an idle device; stream: the call enqueued behind a delay kernel, the "
+                  "device's own time; flush: behind a 256 MB memset that clears the L2, exactly "
+                  "as triton's do_bench times the peers; stream and flush on GPU backends only)")
+      ->check(CLI::IsMember({"call", "stream", "flush"}));
   sub->add_option("--timing-delay", a->s.delay_us,
                   "Microseconds of the delay kernel before each sample with --timing stream "
                   "(default 300; must exceed the host's time to enqueue one call)")

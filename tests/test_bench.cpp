@@ -50,6 +50,9 @@ TEST_CASE("bench: --timing is checked against the backend", "[bench]") {
   CHECK_NOTHROW(check_timing(st, Backend::cpu));
   st.timing = "stream";  // the CPU has no stream to enqueue behind
   CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
+  st.timing = "flush";  // ... nor a device cache to clear
+  CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
+  CHECK_THROWS_AS(before_sample(st, Backend::cpu), Error);  // runtime::flush_l2 refuses too
   st.timing = "sideways";
   CHECK_THROWS_AS(check_timing(st, Backend::cpu), Error);
   st.timing = "call";

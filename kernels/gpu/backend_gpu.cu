@@ -507,6 +507,33 @@ Status delay(double us) {
 #endif
 }
 
+// runtime::flush_l2: one scratch buffer per device, grown on demand, zeroed by a stream-ordered
+// memset on the default stream.
+Status flush_l2(size_t bytes) {
+  constexpr int kMaxDev = 64;
+  static void* buf[kMaxDev] = {};
+  static size_t cap[kMaxDev] = {};
+  static std::mutex mu;
+  if (bytes == 0) return Status::Ok();
+  int dev = 0;
+  FLASHPLUS_GPU_CHECK(gpuGetDevice(&dev));
+  if (dev < 0 || dev >= kMaxDev) return Status::Unsupported("flush_l2: device index beyond 64");
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (cap[dev] < bytes) {
+      if (buf[dev] != nullptr) FLASHPLUS_GPU_CHECK(gpuFree(buf[dev]));
+      buf[dev] = nullptr;
+      cap[dev] = 0;
+      FLASHPLUS_GPU_CHECK(gpuMalloc(&buf[dev], bytes));
+      cap[dev] = bytes;
+    }
+    p = buf[dev];
+  }
+  FLASHPLUS_GPU_CHECK(gpuMemsetAsync(p, 0, bytes, nullptr));
+  return Status::Ok();
+}
+
 }  // namespace
 
 int current_arch(int device_index) {
@@ -536,6 +563,7 @@ FLASHPLUS_GPU_EXPORT const BackendOps* FLASHPLUS_GPU_OPS_FN() {
       /*last_config=*/gpu::last_config,
       /*dmask=*/gpu::dmask,
       /*delay=*/gpu::delay,
+      /*flush_l2=*/gpu::flush_l2,
   };
   return &ops;
 }

@@ -55,6 +55,9 @@ struct BackendOps {
   // Enqueue a kernel that keeps the default stream busy for about `us` microseconds
   // (runtime::delay).
   Status (*delay)(double us) = nullptr;
+  // Enqueue a write of `bytes` of zeros into a device scratch buffer on the default stream
+  // (runtime::flush_l2).
+  Status (*flush_l2)(size_t bytes) = nullptr;
 };
 
 // Always present.

@@ -89,6 +89,16 @@ Status delay(Backend b, double us) {
   return o->delay(us);
 }
 
+Status flush_l2(Backend b, size_t bytes) {
+  Status st;
+  const detail::BackendOps* o = get(b, &st);
+  if (!o) return st;
+  if (!o->flush_l2)
+    return Status::Unsupported(
+        fmt::format("the {} backend has no device cache to flush", backend_name(b)));
+  return o->flush_l2(bytes);
+}
+
 size_t default_l2_bytes(Backend b) {
   const detail::BackendOps* o = detail::ops_for(b);
   return o && o->device_kind != DeviceKind::cpu ? size_t{64} << 20 : 0;

@@ -40,6 +40,12 @@ size_t default_l2_bytes(Backend b);
 // peers' way of timing (`flashplus bench --timing stream`, docs/BENCH.md). Unsupported on the CPU
 // backend (nothing there runs behind the host's back) and where the backend has no delay kernel.
 Status delay(Backend b, double us);
+// Enqueues, on the backend's default stream, a write of `bytes` of zeros into a scratch buffer
+// of the device (kept for later calls): what triton's do_bench does before each sample to clear
+// the L2 (`flashplus bench --timing flush`, docs/BENCH.md). The next call then starts with the
+// memory busy and the L2 full of dirty lines, as behind another kernel's writes, and the host has
+// enqueued it before it starts. Unsupported on the CPU backend.
+Status flush_l2(Backend b, size_t bytes);
 
 class Timer {
  public:
