@@ -104,6 +104,16 @@ inline int kvcache_max_splits_for_traffic(const AttnParams& p) {
 // 400-770 blocks run at full speed, 200-320 leave SMs short of warps, 1024 (1.3 waves) pays a
 // second wave's tail. The picks: 64 / 8 / 1 splits. (Round 2's 0.5 picked 50 / 7 / 1.)
 constexpr double kKvcacheWaveFill = 0.64;
+
+// Key tiles per split that go to the shared tail of a split call (kv_attn_kernel: the last
+// kKvcachePoolPerSplit * splits tiles of each (b, kv head, row block) are claimed one at a time
+// by whichever split is free, so the grid's blocks end together instead of over ~10 us). Round 8
+// (docs/PERF.md, H100, `flashplus bench --timing stream`, with the evict-first cache hint and the
+// balanced split): 2 per split gives batch 1 x 131072 2.87 / 2.84 / 2.84 TB/s (contiguous / page
+// 16 / page 256) and batch 8 x 16384 2.80 / 2.85 / 2.83; 4 per split 2.79 / 2.74 / 2.74 and
+// 2.82 / 2.84 / 2.81; the evict-first hint alone (no tail, round 7's split) 2.80 / 2.78 / 2.79
+// and 2.77 / 2.84 / 2.81.
+constexpr int kKvcachePoolPerSplit = 2;
 inline int kvcache_num_splits(const AttnParams& p, const DeviceInfo& dev, int block_n,
                               int blocks_per_sm) {
   if (p.num_splits > 0) return std::min(p.num_splits, 128);

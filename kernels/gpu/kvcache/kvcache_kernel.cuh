@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -64,7 +65,39 @@ struct KvArgs {
   // host reads.
   int* done = nullptr;
   unsigned* done_count = nullptr;
+  // Shared tail (splits > 1, kv_pool_counters): one claim counter per (b, kv head, row block),
+  // 0 between calls; pool_per_split tiles per split go to the group's pool. Null: static splits.
+  unsigned* pool_cnt = nullptr;
+  int pool_per_split = 0;
+#ifdef FLASHPLUS_KV_TRACE
+  // Measurement builds only (docs/PERF.md "round 8"): per attention block kKvTraceWords timer
+  // readings, then per combine block two; set by kv_set_trace().
+  unsigned long long* trace = nullptr;
+#endif
 };
+
+#ifdef FLASHPLUS_KV_TRACE
+constexpr int kKvTraceWords = 6;  // entry, after the grid wait, first tile landed, loop end, exit, smid
+constexpr int kKvTraceMaxBlocks = 16384;  // attention blocks traced; the combine's words follow
+constexpr int kKvTraceCombineWords = 3;   // entry, after the grid wait, exit
+inline unsigned long long*& kv_trace_buffer() {
+  static unsigned long long* p = nullptr;
+  return p;
+}
+__device__ __forceinline__ unsigned long long kv_timer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define FLASHPLUS_KV_TRACE_AT(buf, word, value) \
+  do {                                          \
+    if ((buf) != nullptr && threadIdx.x == 0) (buf)[word] = (value); \
+  } while (0)
+#else
+#define FLASHPLUS_KV_TRACE_AT(buf, word, value) \
+  do {                                          \
+  } while (0)
+#endif
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
 
@@ -89,7 +122,9 @@ __device__ __forceinline__ void kv_report(int* err, int bits) {
 // that sees done == 1 sees every flag of the call. Blocks of later waves count when they start:
 // the host then waits longer, nothing waits on anything.
 __device__ __forceinline__ void kv_count_checked(const KvArgs& a) {
-  __threadfence();  // this block's flags (fenced by kv_report) before its count
+  // No fence of its own: a block that reported has fenced its flags at system scope in
+  // kv_report, and a block that did not has written nothing the host reads (round 8 dropped the
+  // __threadfence here: within the bench's noise, docs/PERF.md).
   const unsigned total = gridDim.x * gridDim.y * gridDim.z;
   if (atomicAdd(a.done_count, 1u) == total - 1) {
     __threadfence();  // the other blocks' counts, and so their flags, happened before
@@ -124,10 +159,12 @@ struct KvTraits {
   using TileQ = prim::SwizzledTile<kRows, D>;
   using TileKV = prim::SwizzledTile<BN, D>;
   static constexpr int kPipeBytes = TileQ::kBytes + STAGES * 2 * TileKV::kBytes;
+  static constexpr int kRingBytes = 8 * 4;  // claimed tiles of the shared tail, after the pipeline
   // Merge area (reuses the pipeline's memory): per-warp row max/sum and fp32 O, padded rows.
   static constexpr int kOPitch = D + 4;
   static constexpr int kMergeBytes = 2 * NW * kRows * 4 + NW * kRows * kOPitch * 4;
-  static constexpr int kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  static constexpr int kSmemBytes =
+      kPipeBytes + kRingBytes > kMergeBytes ? kPipeBytes + kRingBytes : kMergeBytes;
   // Blocks per SM the shared memory allows on sm_90 (228 KiB, 1 KiB reserved per block); the
   // register budget is capped to match (down to 168 per thread), so registers do not cost a
   // block (decoding wants warps in flight per SM: docs/PERF.md "KV-cache decoding on the H100").
@@ -289,9 +326,27 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sKV = sQ + TileQ::kElems;  // stage s: K at 2 s, V at 2 s + 1 (tiles of TileKV::kElems)
+#ifdef FLASHPLUS_KV_TRACE
+  unsigned long long* tr =
+      a.trace == nullptr ||
+              (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x >=
+                  kKvTraceMaxBlocks
+          ? nullptr
+          : a.trace + ((static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x +
+                       blockIdx.x) * kKvTraceWords;
+  FLASHPLUS_KV_TRACE_AT(tr, 0, kv_timer());
+#endif
   // Launched with PDL: nothing of global memory before the previous kernel (the pre-pass, or the
   // caller's kernel that wrote cache_seqlens / the cache) has finished.
   kv_grid_wait();
+#ifdef FLASHPLUS_KV_TRACE
+  FLASHPLUS_KV_TRACE_AT(tr, 1, kv_timer());
+  {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    FLASHPLUS_KV_TRACE_AT(tr, 5, smid);
+  }
+#endif
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int split = blockIdx.x % a.nsplit, mb = blockIdx.x / a.nsplit;
@@ -327,13 +382,42 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
   int blo, bhi, dummy;
   p.key_range(m0 / grp, sq, sk, &blo, &dummy);
   p.key_range((m0 + rows - 1) / grp, sq, sk, &dummy, &bhi);
-  int t_begin = 0, t_end = 0;  // this split's key tiles
+  int t_begin = 0, t_end = 0;  // this split's own key tiles
+  // The group's shared tail (splits > 1, a.pool_cnt): tiles [pool_base, pool_base + pool_n) are
+  // claimed one at a time by whichever split of the (b, kv head, row block) group gets there
+  // first, so splits that run fast take more and the grid's blocks end together.
+  int pool_base = 0, pool_n = 0;
   if (blo < bhi) {
     const int n_first = blo / BN, n_end = (bhi + BN - 1) / BN;
-    const int per = (n_end - n_first + a.nsplit - 1) / a.nsplit;
-    t_begin = n_first + split * per;
-    t_end = min(t_begin + per, n_end);
+    const int nt = n_end - n_first;
+    pool_n = a.pool_cnt != nullptr ? min(a.pool_per_split * a.nsplit, nt / 2) : 0;
+    const int ns_t = nt - pool_n;
+    pool_base = n_first + ns_t;
+    // Own tiles: as even as whole tiles allow (counts differ by one at most).
+    t_begin = n_first + static_cast<int>(static_cast<int64_t>(ns_t) * split / a.nsplit);
+    t_end = n_first + static_cast<int>(static_cast<int64_t>(ns_t) * (split + 1) / a.nsplit);
   }
+  const int nstat = t_end - t_begin;
+  const bool dyn = pool_n > 0;
+  // Tiles of sequence positions >= nstat (claimed), by position % 8.
+  int* const s_ring = reinterpret_cast<int*>(smem_raw + Tr::kPipeBytes);
+  unsigned* const pool_cnt =
+      dyn ? a.pool_cnt + (static_cast<int64_t>(b) * gridDim.y + hk) * (gridDim.x / a.nsplit) + mb
+          : nullptr;
+  bool claims_over = false;  // thread 0: a claim failed, the pool is empty
+  auto claim = [&]() -> int {
+    if (claims_over) return -1;
+    const unsigned q = atomicAdd(pool_cnt, 1u);
+    if (q < static_cast<unsigned>(pool_n)) return pool_base + static_cast<int>(q);
+    claims_over = true;
+    // Every split makes exactly one failing claim, so the last of them is the counter's last
+    // touch in this call: it leaves 0 for the next.
+    if (q == static_cast<unsigned>(pool_n + a.nsplit - 1)) *pool_cnt = 0u;
+    return -1;
+  };
+  // Tile at position i of this block's sequence (-1: none); positions past nstat are published in
+  // s_ring before the barrier that precedes their first use.
+  auto seq = [&](int i) -> int { return i < nstat ? t_begin + i : dyn ? s_ring[i & 7] : -1; };
 
   const T* kbase = static_cast<const T*>(p.k) + hk * p.k_stride.head;
   const T* vbase = static_cast<const T*>(p.v) + hk * p.v_stride.head;
@@ -419,6 +503,10 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     knew = static_cast<const T*>(p.k_new) + b * p.knew_stride.batch + hk * p.knew_stride.head;
     vnew = static_cast<const T*>(p.v_new) + b * p.vnew_stride.batch + hk * p.vnew_stride.head;
   }
+  // The cache is read once per call: its lines go first when the L2 needs room, so the stream
+  // does not push out the block table, the partial results the combine reads back, or whatever
+  // else the L2 holds (docs/PERF.md "KV-cache decoding, round 8").
+  const uint64_t l2_stream = prim::l2_policy_evict_first();
   // NEW: the tile holds keys of the new tokens (the last tile or two of the last split only), so
   // the steady-state loop carries no test for them.
   auto load_tile_impl = [&](int n, int stage, int n_next, auto new_rows, auto layout_c) {
@@ -476,8 +564,8 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
           vs = ok ? vnew + (j - jnew) * p.vnew_stride.row + ch * 8 : vbase;
         }
       }
-      prim::cp_async_16(sk_base + o, ks, ok);
-      prim::cp_async_16(sv_base + o, vs, ok);
+      prim::cp_async_16(sk_base + o, ks, ok, l2_stream);
+      prim::cp_async_16(sv_base + o, vs, ok, l2_stream);
     }
     if (n_next >= 0) fetch_table(n_next);  // the next load's entries, consumed one load later
   };
@@ -495,18 +583,25 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
       default: load_tile_impl(n, stage, n_next, new_rows, I3{}); break;
     }
   };
-  auto load_tile = [&](int n, int stage) {
-    const int n_next = n + 1 < t_end ? n + 1 : -1;
+  auto load_tile = [&](int n, int stage, int n_next) {
     if (sn > 0 && (n + 1) * BN > jnew)
       load_tile_new(n, stage, n_next, std::true_type{});
     else
       load_tile_new(n, stage, n_next, std::false_type{});
   };
 
-  if (t_begin < t_end) fetch_table(t_begin);
+  // Positions 0 .. STAGES are needed by the first barrier of the loop (the prologue's loads and
+  // the table entries of the first loop load); later ones are claimed one iteration ahead.
+  if (dyn && nstat <= STAGES) {
+    if (tid == 0)
+      for (int i = nstat; i <= STAGES; ++i) s_ring[i & 7] = claim();
+    __syncthreads();
+  }
+  if (seq(0) >= 0) fetch_table(seq(0));
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (t_begin + s < t_end) load_tile(t_begin + s, s);
+    const int ns = seq(s);
+    if (ns >= 0) load_tile(ns, s, seq(s + 1));
     prim::cp_async_commit();  // the first group also holds Q
   }
 
@@ -549,6 +644,7 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
         }
       };
       check_pages(t_begin * BN, min(t_end * BN, sk));
+      if (dyn && split == a.nsplit - 1) check_pages(pool_base * BN, min((pool_base + pool_n) * BN, sk));
       if (sn > 0 && mb == 0 && split == a.nsplit - 1) check_pages(jnew, sk);
     }
     const int eb = (bad & ~kKvErrBlockTable) | (__syncthreads_or(tbad) ? kKvErrBlockTable : 0);
@@ -575,15 +671,20 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
   const uint32_t v_off = 2 * TileKV::offset(warp * kKW + lsel1 * 8 + lrow, lsel2 * 8);
   const int ksteps = (dchunks + 1) / 2;  // k16 steps holding real channels (the rest are zeros)
 
-  for (int n = t_begin; n < t_end; ++n) {
+  for (int i = 0;; ++i) {
+    const int n = seq(i);
+    if (n < 0) break;
     prim::cp_async_wait<STAGES - 2>();  // tile n (and Q) landed
     __syncthreads();                    // ... for every thread; everyone is done with tile n - 1
     {
-      const int nn = n + STAGES - 1;
-      if (nn < t_end) load_tile(nn, (nn - t_begin) % STAGES);
+      const int nn = seq(i + STAGES - 1);
+      if (nn >= 0) load_tile(nn, (i + STAGES - 1) % STAGES, seq(i + STAGES));
       prim::cp_async_commit();
     }
-    const int stage = (n - t_begin) % STAGES;
+#ifdef FLASHPLUS_KV_TRACE
+    if (i == 0) FLASHPLUS_KV_TRACE_AT(tr, 2, kv_timer());
+#endif
+    const int stage = i % STAGES;
     const uint32_t sK_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
     const uint32_t sV_base = sK_base + TileKV::kBytes;
 
@@ -665,7 +766,14 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
         }
       }
     }
+    // The tile of position i + STAGES + 1, read after the next barrier (its table entries are
+    // fetched with the load of position i + STAGES): the claim's round trip overlaps the wait for
+    // tile i + 1.
+    if (dyn && tid == 0 && i + STAGES + 1 >= nstat) s_ring[(i + STAGES + 1) & 7] = claim();
   }
+#ifdef FLASHPLUS_KV_TRACE
+  FLASHPLUS_KV_TRACE_AT(tr, 3, kv_timer());
+#endif
   kv_grid_trigger();  // the combine may launch (it waits for this grid before reading)
   prim::cp_async_wait<0>();
   __syncthreads();  // the pipeline's memory becomes the merge area
@@ -729,6 +837,10 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     }
   }
   if (bad && a.done == nullptr) kv_report(a.err, bad);  // early report: done before the loop
+#ifdef FLASHPLUS_KV_TRACE
+  __syncthreads();
+  FLASHPLUS_KV_TRACE_AT(tr, 4, kv_timer());
+#endif
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -751,7 +863,17 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
   __shared__ float s_w[kMaxSplits];            // exp(lse_s - lse) per split
   __shared__ float s_max[kWarps], s_sum[kWarps];
   __shared__ float4 s_part[kCombineThreads];   // per (group, chunk) partial O
+#ifdef FLASHPLUS_KV_TRACE
+  unsigned long long* tr =
+      a.trace == nullptr || blockIdx.x >= kKvTraceMaxBlocks
+          ? nullptr
+          : a.trace + kKvTraceMaxBlocks * kKvTraceWords + blockIdx.x * kKvTraceCombineWords;
+  FLASHPLUS_KV_TRACE_AT(tr, 0, kv_timer());
+#endif
   kv_grid_wait();  // launched with PDL: the attention's partials are complete past this point
+#ifdef FLASHPLUS_KV_TRACE
+  FLASHPLUS_KV_TRACE_AT(tr, 1, kv_timer());
+#endif
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   const int64_t rid = blockIdx.x;
@@ -834,6 +956,10 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
     *reinterpret_cast<uint2*>(out) = v;
   }
   if (tid == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
+#ifdef FLASHPLUS_KV_TRACE
+  __syncthreads();
+  FLASHPLUS_KV_TRACE_AT(tr, 2, kv_timer());
+#endif
 }
 
 // ---- host: launch one tile ----------------------------------------------------------------------
@@ -1013,6 +1139,43 @@ inline bool kv_spin_done(const int* word, int us) {
 
 inline int64_t round_up_256(int64_t n) { return (n + 255) / 256 * 256; }
 
+// Claim counters of the shared tail (KvArgs::pool_cnt), one per (b, kv head, row block) group,
+// 0 between calls: each group's last claim resets its counter, so the calls of one stream reuse
+// the same counters in stream order. Calls on other streams may overlap, so each stream has its
+// own, keyed by the stream's process-unique id (cudaStreamGetId: never reused, unlike handles).
+// Allocated stream-ordered from the workspace pool and zeroed once, grown when a call needs more
+// (the smaller array is freed behind the calls that used it).
+inline Status kv_pool_counters(int device, cudaStream_t stream, int64_t groups, unsigned** out) {
+  unsigned long long sid = 0;
+  FLASHPLUS_GPU_CHECK(cudaStreamGetId(stream, &sid));
+  struct Counters {
+    unsigned* ptr = nullptr;
+    int64_t cap = 0;
+  };
+  static std::mutex mu;
+  static std::map<std::pair<int, unsigned long long>, Counters> by_stream;
+  std::lock_guard<std::mutex> lock(mu);
+  Counters& c = by_stream[{device, sid}];
+  if (c.cap < groups) {
+    cudaMemPool_t pool = nullptr;
+    FLASHPLUS_RETURN_IF_ERROR(workspace_pool(device, &pool));
+    const int64_t cap = std::max<int64_t>(groups, 1024);
+    void* fresh = nullptr;
+    FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(&fresh, static_cast<size_t>(cap) * sizeof(unsigned),
+                                                pool, stream));
+    const cudaError_t e = cudaMemsetAsync(fresh, 0, static_cast<size_t>(cap) * sizeof(unsigned), stream);
+    if (e != cudaSuccess) {
+      (void)cudaFreeAsync(fresh, stream);
+      return platform::gpu_status(e, "kvcache: zeroing the tail's claim counters");
+    }
+    if (c.ptr != nullptr) (void)cudaFreeAsync(c.ptr, stream);
+    c.ptr = static_cast<unsigned*>(fresh);
+    c.cap = cap;
+  }
+  *out = c.ptr;
+  return Status::Ok();
+}
+
 // The whole call for storage type T (kvcache.h: run_kvcache).
 template <typename T>
 Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& dev,
@@ -1073,6 +1236,20 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                                               pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
+#ifdef FLASHPLUS_KV_TRACE
+  a.trace = kv_trace_buffer();
+#endif
+  // The shared tail's counters first: nothing to give back if that fails.
+  if (nsplit > 1 && kKvcachePoolPerSplit > 0 && rows > 0) {
+    const int64_t mblocks = (static_cast<int64_t>(p.seqlen_q) * p.group() + kRows - 1) / kRows;
+    const Status cs = kv_pool_counters(device, stream, int64_t{p.batch} * p.nheads_k * mblocks,
+                                       &a.pool_cnt);
+    if (!cs.ok()) {
+      (void)cudaFreeAsync(ws, stream);
+      return cs;
+    }
+    a.pool_per_split = kKvcachePoolPerSplit;
+  }
   KvErrSlot slot;
   if (check) {
     const Status sst = kv_err_acquire(device, &slot);
