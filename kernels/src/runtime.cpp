@@ -51,22 +51,23 @@ Status synchronize(Backend b) {
   return o ? o->synchronize() : st;
 }
 
-Status measure_matmul_tflops(Backend b, double* tflops) {
+// Calls the backend's optional operation `fn` with `args`, or returns Unsupported ("the <name>
+// backend <missing>") when the backend does not have it.
+template <typename Fn, typename... Args>
+Status call_optional(Backend b, Fn detail::BackendOps::*fn, const char* missing, Args... args) {
   Status st;
   const detail::BackendOps* o = get(b, &st);
   if (!o) return st;
-  if (!o->measure_matmul_tflops)
-    return Status::Unsupported(fmt::format("the {} backend does not measure peaks", backend_name(b)));
-  return o->measure_matmul_tflops(tflops);
+  if (!(o->*fn)) return Status::Unsupported(fmt::format("the {} backend {}", backend_name(b), missing));
+  return (o->*fn)(args...);
+}
+
+Status measure_matmul_tflops(Backend b, double* tflops) {
+  return call_optional(b, &detail::BackendOps::measure_matmul_tflops, "does not measure peaks", tflops);
 }
 
 Status measure_copy_gbs(Backend b, double* gbs) {
-  Status st;
-  const detail::BackendOps* o = get(b, &st);
-  if (!o) return st;
-  if (!o->measure_copy_gbs)
-    return Status::Unsupported(fmt::format("the {} backend does not measure peaks", backend_name(b)));
-  return o->measure_copy_gbs(gbs);
+  return call_optional(b, &detail::BackendOps::measure_copy_gbs, "does not measure peaks", gbs);
 }
 
 std::vector<KernelConfig> tuning_candidates(Backend b, const TuneKey& key) {
@@ -80,23 +81,12 @@ bool last_kernel_config(Backend b, KernelConfig* out) {
 }
 
 Status delay(Backend b, double us) {
-  Status st;
-  const detail::BackendOps* o = get(b, &st);
-  if (!o) return st;
-  if (!o->delay)
-    return Status::Unsupported(
-        fmt::format("the {} backend has no delay kernel (nothing to hide behind)", backend_name(b)));
-  return o->delay(us);
+  return call_optional(b, &detail::BackendOps::delay,
+                       "has no delay kernel (nothing to hide behind)", us);
 }
 
 Status flush_l2(Backend b, size_t bytes) {
-  Status st;
-  const detail::BackendOps* o = get(b, &st);
-  if (!o) return st;
-  if (!o->flush_l2)
-    return Status::Unsupported(
-        fmt::format("the {} backend has no device cache to flush", backend_name(b)));
-  return o->flush_l2(bytes);
+  return call_optional(b, &detail::BackendOps::flush_l2, "has no device cache to flush", bytes);
 }
 
 size_t default_l2_bytes(Backend b) {

@@ -13,7 +13,7 @@
 // (0 = the heuristic's count), KV_PAGES="0,16,256" and KV_SHAPES="1x131072,8x16384,64x4096"
 // choose the cases. KV_HOSTBENCH=1 first prints what the runtime calls a call makes before its
 // first launch cost on the host (mean ns over 4000 calls each; docs/PERF.md round 5).
-//   nvcc -O2 -std=c++17 -arch=sm_90a -Ikernels/include tests/device/kvcache_timing.cu \
+//   nvcc -O2 -std=c++17 -arch=sm_90a -Ikernels/include -Itests/device tests/device/kvcache_timing.cu \
 //     build-cuda/kernels/libflashplus.a -lfmt -o kv_timing
 #include <algorithm>
 #include <chrono>
@@ -27,40 +27,15 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include "device_common.h"
 #include "flashplus/api.h"
 
 using namespace flashplus;
+using device_test::fill_bf16;
+using device_test::median;
+using device_test::spin;
 
 namespace {
-
-__global__ void fill_bf16(uint16_t* x, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
-       i += size_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    const float f = (static_cast<float>(h & 0xffff) / 65535.f - 0.5f) * 2.f + 0.01f;
-    x[i] = static_cast<uint16_t>(__float_as_uint(f) >> 16);
-  }
-}
-
-__global__ void spin(long long ns) {
-  long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do {
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  } while (t - t0 < ns);
-}
-
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                    \
-    }                                                                                  \
-  } while (0)
 
 void* dalloc(size_t bytes) {
   void* p = nullptr;
@@ -87,11 +62,6 @@ std::vector<int> int_list(const char* env, const char* def, char sep2 = 0, std::
     i = j + 1;
   }
   return out;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0. : v[v.size() / 2];
 }
 
 __global__ void empty_kernel(int) {}

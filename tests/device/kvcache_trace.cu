@@ -29,6 +29,7 @@
 
 #include <cuda_runtime.h>
 
+#include "device_common.h"
 #include "flashplus/api.h"
 
 namespace flashplus::gpu {
@@ -36,37 +37,13 @@ void kv_set_trace(unsigned long long* device_words);
 }
 
 using namespace flashplus;
+using device_test::fill_bf16;
+using device_test::median;
+using device_test::spin;
 
 namespace {
 
 constexpr int kTraceWords = 6, kTraceMax = 16384, kCombineWords = 3;
-
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-__global__ void fill_u32(uint32_t* x, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
-       i += size_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    x[i] = (h ^ (h >> 15)) & 0x3f7f3f7fu;  // two finite bf16 values
-  }
-}
-
-__global__ void spin(long long ns) {
-  long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do {
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  } while (t - t0 < ns);
-}
 
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 r;
@@ -106,7 +83,7 @@ __global__ void read_heads(const uint4* k, const uint4* v, int heads, int keys, 
     uint4 a[8], b[8];
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
-      const size_t key = size_t{split} * keys + j + r + 4 * u;
+      const size_t key = static_cast<size_t>(split) * keys + j + r + 4 * u;
       a[u] = ld_stream(k + key * row_words + head * 16 + c);
       b[u] = ld_stream(v + key * row_words + head * 16 + c);
     }
@@ -114,11 +91,6 @@ __global__ void read_heads(const uint4* k, const uint4* v, int heads, int keys, 
     for (int u = 0; u < 8; ++u) acc ^= a[u].x ^ a[u].w ^ b[u].y ^ b[u].z;
   }
   if (acc == 0x12345678u) sink[0] = acc;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0. : v[v.size() / 2];
 }
 
 // What precedes each timed call: a spin kernel (`flashplus bench --timing stream`), or with
@@ -168,7 +140,7 @@ void read_ceilings(int sms) {
   unsigned* sink = nullptr;
   CK(cudaMalloc(&x, big));
   CK(cudaMalloc(&sink, 4));
-  fill_u32<<<4096, 256>>>(reinterpret_cast<uint32_t*>(x), big / 4, 7);
+  fill_bf16<<<4096, 256>>>(reinterpret_cast<uint16_t*>(x), big / 2, 7);
   CK(cudaDeviceSynchronize());
   for (const size_t bytes : {2 * half, 4 * half}) {
     const size_t n16 = bytes / 16;
@@ -247,11 +219,11 @@ void trace_calls(int reps) {
     CK(cudaMalloc(&out, size_t{2} * B * H * D));
     CK(cudaMalloc(&lse, size_t{4} * B * H));
     CK(cudaMalloc(&sl, size_t{4} * B));
-    fill_u32<<<1024, 256>>>(static_cast<uint32_t*>(q), size_t{1} * B * H * D / 2, 1);
-    fill_u32<<<4096, 256>>>(static_cast<uint32_t*>(k), cache / 2, 2);
-    fill_u32<<<4096, 256>>>(static_cast<uint32_t*>(v), cache / 2, 3);
-    fill_u32<<<64, 256>>>(static_cast<uint32_t*>(kn), size_t{1} * B * HK * D / 2, 4);
-    fill_u32<<<64, 256>>>(static_cast<uint32_t*>(vn), size_t{1} * B * HK * D / 2, 5);
+    fill_bf16<<<1024, 256>>>(static_cast<uint16_t*>(q), size_t{1} * B * H * D, 1);
+    fill_bf16<<<4096, 256>>>(static_cast<uint16_t*>(k), cache, 2);
+    fill_bf16<<<4096, 256>>>(static_cast<uint16_t*>(v), cache, 3);
+    fill_bf16<<<64, 256>>>(static_cast<uint16_t*>(kn), size_t{1} * B * HK * D, 4);
+    fill_bf16<<<64, 256>>>(static_cast<uint16_t*>(vn), size_t{1} * B * HK * D, 5);
     std::vector<int> slh(B, S);
     CK(cudaMemcpy(sl, slh.data(), 4 * slh.size(), cudaMemcpyHostToDevice));
     if (page) {
