@@ -84,36 +84,14 @@ __global__ void __launch_bounds__(NW * 32, 1)
   const int wg = warp / 4, wi = warp % 4;
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int G = p.group();
-  const int n0 = n_block * BN;
-  // This sequence's lengths (fixed length: seqlen_q/k). Varlen grids cover the longest sequence.
-  const int sk = kVar ? p.actual_seqlen_k(b) : 0;
-  if (kVar && n0 >= sk) return;
-  const int sq = kVar ? p.actual_seqlen_q(b) : 0;
-  const int rows_k = min(BN, FP_BWD_SK - n0);
-  const int dchunks = p.head_dim / 8;
-  // (Each kVar ? a : b below keeps b, the fixed-length expression, exactly as it was.)
-  T* dk_out = kVar ? static_cast<T*>(p.dk) + hk * p.dk_stride.head + p.kv_offset(p.dk_stride, b, n0)
-                   : static_cast<T*>(p.dk) + b * p.dk_stride.batch + hk * p.dk_stride.head +
-                         static_cast<int64_t>(n0) * p.dk_stride.row;
-  T* dv_out = kVar ? static_cast<T*>(p.dv) + hk * p.dv_stride.head + p.kv_offset(p.dv_stride, b, n0)
-                   : static_cast<T*>(p.dv) + b * p.dv_stride.batch + hk * p.dv_stride.head +
-                         static_cast<int64_t>(n0) * p.dv_stride.row;
-
-  // Query rows that see any key of this block (API.md §2.3, solved for i).
-  int i_min, i_max;
-  if (kVar)
-    p.query_range(n0, n0 + rows_k, sq, sk, &i_min, &i_max);
-  else
-    p.query_range(n0, n0 + rows_k, &i_min, &i_max);
-  if (i_min > i_max) {  // no query sees these keys: dK = dV = 0
-    for (int c = tid; c < rows_k * dchunks; c += kThreads) {
-      const int r = c / dchunks, ch = c % dchunks;
-      *reinterpret_cast<uint4*>(dk_out + r * p.dk_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
-      *reinterpret_cast<uint4*>(dv_out + r * p.dv_stride.row + ch * 8) = make_uint4(0, 0, 0, 0);
-    }
-    return;
-  }
-  const int m_first = i_min / BM, m_count = i_max / BM - m_first + 1;
+  // This sequence's lengths (fixed length: seqlen_q/k; varlen grids cover the longest sequence),
+  // the block's keys and the query blocks that see them.
+  BwdKeyBlock<T> kb;
+  if (!bwd_key_block<kVar, T, BN, BM>(p, b, hk, n_block, tid, kThreads, &kb)) return;
+  const int n0 = kb.n0, sk = kb.sk, sq = kb.sq, rows_k = kb.rows_k, dchunks = kb.dchunks;
+  T* const dk_out = kb.dk_out;
+  T* const dv_out = kb.dv_out;
+  const int m_first = kb.m_first, m_count = kb.m_count;
   const int n_iters = G * m_count;
 
   const T* kg = bwd_kv_ptr<kVar, T>(p, p.k, p.k_stride, b, hk, n0);
