@@ -399,22 +399,7 @@ __global__ void __launch_bounds__(NW * 32, 1)
     gmma_reg_fence(dp);
 
     // ---- dS^T = P^T (dP^T - Dsum) ----
-#pragma unroll
-    for (int nt = 0; nt < kQT; ++nt) {
-      const float d0 = ds_s[nt * 8 + 2 * t], d1 = ds_s[nt * 8 + 2 * t + 1];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
-        if constexpr (kDrop) {  // dS = P_d dP - P Dsum
-          const float2 pd = bwd_unpack<T>(pP[nt / 2][(nt % 2) * 2 + r]);
-          dp[nt][2 * r] = fmaf(pd.x, dp[nt][2 * r], -pc.x * d0);
-          dp[nt][2 * r + 1] = fmaf(pd.y, dp[nt][2 * r + 1], -pc.y * d1);
-        } else {
-          dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
-          dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
-        }
-      }
-    }
+    bwd_ds_from_dp<T, kDrop>(dp, pS, pP, ds_s, t);
 
     // ---- dK += dS^T Q ----
     uint32_t ads[BM / 16][4];

@@ -148,6 +148,33 @@ __device__ __forceinline__ bool bwd_key_block(const AttnParams& p, int b, int hk
   return true;
 }
 
+// dS^T = P^T (dP^T - Dsum), in place over one thread's dP^T fragments (kQT n8 tiles of queries;
+// thread (g, t) of the quad layout): pS holds P (times the softcap derivative when there is one)
+// and, with dropout, pP the dropped and rescaled P_d, giving dS = P_d dP - P Dsum; ds_s = Dsum of
+// the block's query rows. Shared by bwd_tc_kernel and bwd_gmma_kernel (same fragment layout).
+template <typename T, bool kDrop, int kQT, int kQB>
+__device__ __forceinline__ void bwd_ds_from_dp(float (&dp)[kQT][4], const uint32_t (&pS)[kQB][4],
+                                               const uint32_t (&pP)[kQB][4], const float* ds_s,
+                                               int t) {
+  static_assert(kQB * 2 == kQT, "two n8 tiles per k16 step of P");
+#pragma unroll
+  for (int nt = 0; nt < kQT; ++nt) {
+    const float d0 = ds_s[nt * 8 + 2 * t], d1 = ds_s[nt * 8 + 2 * t + 1];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
+      if constexpr (kDrop) {  // dS = P_d dP - P Dsum
+        const float2 pd = bwd_unpack<T>(pP[nt / 2][(nt % 2) * 2 + r]);
+        dp[nt][2 * r] = fmaf(pd.x, dp[nt][2 * r], -pc.x * d0);
+        dp[nt][2 * r + 1] = fmaf(pd.y, dp[nt][2 * r + 1], -pc.y * d1);
+      } else {
+        dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
+        dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
+      }
+    }
+  }
+}
+
 // Rows bwd_row spans.
 __host__ __device__ inline int64_t bwd_rows(const AttnParams& p) {
   return p.is_varlen() ? static_cast<int64_t>(p.nheads) * p.total_q
@@ -565,22 +592,7 @@ __global__ void __launch_bounds__(NW * 32, (D <= 64 && BM <= 32) ? 2 : 1)
         prim::mma_16816<T>(dp[2 * np + 1], av, bd[2], bd[3]);
       }
     }
-#pragma unroll
-    for (int nt = 0; nt < kQT; ++nt) {
-      const float d0 = ds_s[nt * 8 + 2 * t], d1 = ds_s[nt * 8 + 2 * t + 1];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float2 pc = bwd_unpack<T>(pS[nt / 2][(nt % 2) * 2 + r]);
-        if constexpr (kDrop) {  // dS = P_d dP - P Dsum
-          const float2 pd = bwd_unpack<T>(pP[nt / 2][(nt % 2) * 2 + r]);
-          dp[nt][2 * r] = fmaf(pd.x, dp[nt][2 * r], -pc.x * d0);
-          dp[nt][2 * r + 1] = fmaf(pd.y, dp[nt][2 * r + 1], -pc.y * d1);
-        } else {
-          dp[nt][2 * r] = pc.x * (dp[nt][2 * r] - d0);
-          dp[nt][2 * r + 1] = pc.y * (dp[nt][2 * r + 1] - d1);
-        }
-      }
-    }
+    bwd_ds_from_dp<T, kDrop>(dp, pS, pP, ds_s, t);
 
     // ---- dK += dS^T Q ----
 #pragma unroll
