@@ -22,7 +22,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -93,22 +95,60 @@ __global__ void read_heads(const uint4* k, const uint4* v, int heads, int keys, 
   if (acc == 0x12345678u) sink[0] = acc;
 }
 
-// What precedes each timed call: a spin kernel (`flashplus bench --timing stream`), or with
-// KV_TRACE_PRE=flush a 256 MB memset, as triton's do_bench clears the L2 before each sample (the
-// peers' protocol: the memory is busy right before the call, and the L2 holds dirty lines).
-void before_call() {
-  static const bool flush = [] {
-    const char* e = std::getenv("KV_TRACE_PRE");
-    return e && std::string(e) == "flush";
+// What precedes each timed call (KV_TRACE_PRE): `spin` (default) a spin kernel, as `flashplus
+// bench --timing stream`; `flush` a 256 MB memset instead, as triton's do_bench clears the L2 (the
+// peers' protocol: memory busy right before the call, the L2 full of dirty lines); after the spin,
+// `code` a small decode call of the same kernel and layout (instruction and constant caches warm),
+// `tlb` a read of one word per 2 MB page of the case's k and v (address translations warm), `read`
+// a 64 MB read of another buffer (the memory busy, the L2 clean). Diagnostics of the ~8 us before a
+// call's first tile lands (docs/PERF.md round 8).
+struct PreOps {
+  std::string mode = "spin";
+  std::function<void()> code;           // set per case when mode == "code"
+  const uint32_t* pages[2] = {};        // k, v of the case (mode "tlb")
+  size_t words = 0;                     // 32-bit words of each
+  unsigned* sink = nullptr;
+};
+PreOps& pre_ops() {
+  static PreOps p = [] {
+    PreOps o;
+    if (const char* e = std::getenv("KV_TRACE_PRE")) o.mode = e;
+    CK(cudaMalloc(&o.sink, 4));
+    return o;
   }();
-  if (!flush) {
-    spin<<<1, 1>>>(200000);
+  return p;
+}
+
+__global__ void touch_pages(const uint32_t* a, const uint32_t* b, size_t words, unsigned* sink) {
+  const size_t stride = (size_t{2} << 20) / 4;  // one word per 2 MB
+  unsigned acc = 0;
+  for (size_t i = (blockIdx.x * size_t{blockDim.x} + threadIdx.x) * stride; i < words;
+       i += size_t{gridDim.x} * blockDim.x * stride)
+    acc ^= a[i] ^ b[i];
+  if (acc == 0x12345678u) sink[0] = acc;
+}
+
+void before_call() {
+  PreOps& o = pre_ops();
+  if (o.mode == "flush") {
+    static void* buf = nullptr;
+    const size_t bytes = size_t{256} << 20;
+    if (!buf) CK(cudaMalloc(&buf, bytes));
+    CK(cudaMemsetAsync(buf, 0, bytes));
     return;
   }
-  static void* buf = nullptr;
-  const size_t bytes = size_t{256} << 20;
-  if (!buf) CK(cudaMalloc(&buf, bytes));
-  CK(cudaMemsetAsync(buf, 0, bytes));
+  spin<<<1, 1>>>(200000);
+  if (o.mode == "code" && o.code) o.code();
+  if (o.mode == "tlb" && o.words) touch_pages<<<64, 64>>>(o.pages[0], o.pages[1], o.words, o.sink);
+  if (o.mode == "read") {
+    static uint4* buf = nullptr;
+    const size_t n16 = (size_t{64} << 20) / 16;
+    if (!buf) {
+      CK(cudaMalloc(&buf, n16 * 16));
+      CK(cudaMemset(buf, 1, n16 * 16));
+    }
+    read_flat<8><<<528, 256>>>(buf, n16, (n16 + 527) / 528, o.sink);
+  }
 }
 
 template <class F>
@@ -185,32 +225,22 @@ void summarise(const char* what, std::vector<double> v) {
               pct(v, 0.1), pct(v, 0.5), pct(v, 0.9), pct(v, 1));
 }
 
-void trace_calls(int reps) {
-  const int H = 32, HK = 8, D = 128;
-  unsigned long long* tr = nullptr;
-  const size_t words = size_t{kTraceMax} * kTraceWords + size_t{kTraceMax} * kCombineWords;
-  CK(cudaMalloc(&tr, words * 8));
-  std::vector<unsigned long long> h(words);
-  const std::optional<TensorView> none;
-  RunOptions opts;
-  opts.backend = Backend::cuda;
-  struct Shape {
-    int B, S, page, splits;
-  };
-  std::vector<Shape> shapes;
-  for (int page : {0, 16, 256}) {
-    shapes.push_back({1, 131072, page, 0});
-    shapes.push_back({8, 16384, page, 0});
-  }
-  shapes.push_back({64, 4096, 0, 0});
-  shapes.push_back({1, 131072, 0, 66});
-  shapes.push_back({8, 16384, 0, 16});
-  for (const Shape& sh : shapes) {
-    const int B = sh.B, S = sh.S, page = sh.page, cap = S + 1;
-    const int mb = page ? (cap + page - 1) / page : 0;
-    const int64_t c0 = page ? int64_t{B} * mb : B, c1 = page ? page : cap;
-    const size_t cache = static_cast<size_t>(c0 * c1) * HK * D;
-    void *q, *k, *v, *kn, *vn, *out, *lse, *sl, *bt = nullptr;
+// One decode case of llama3-8b's shape (1 query token, 1 appended key, GQA 32/8, d 128, bf16,
+// causal) on its own buffers, laid out as `flashplus bench` does.
+struct DecodeCase {
+  static constexpr int H = 32, HK = 8, D = 128;
+  int B = 0, S = 0, page = 0, splits = 0, cap = 0, mb = 0;
+  int64_t c0 = 0, c1 = 0;
+  size_t cache = 0;
+  void *q = nullptr, *k = nullptr, *v = nullptr, *kn = nullptr, *vn = nullptr, *out = nullptr,
+       *lse = nullptr, *sl = nullptr, *bt = nullptr;
+
+  DecodeCase(int b_, int s_, int page_, int splits_) : B(b_), S(s_), page(page_), splits(splits_) {
+    cap = S + 1;
+    mb = page ? (cap + page - 1) / page : 0;
+    c0 = page ? int64_t{B} * mb : B;
+    c1 = page ? page : cap;
+    cache = static_cast<size_t>(c0 * c1) * HK * D;
     CK(cudaMalloc(&q, size_t{2} * B * H * D));
     CK(cudaMalloc(&k, 2 * cache));
     CK(cudaMalloc(&v, 2 * cache));
@@ -234,24 +264,69 @@ void trace_calls(int reps) {
       CK(cudaMemcpy(bt, tab.data(), 4 * tab.size(), cudaMemcpyHostToDevice));
     }
     CK(cudaDeviceSynchronize());
-    auto call = [&] {
-      auto tv = [](void* p, DType t, std::initializer_list<int64_t> shape) {
-        return TensorView::contiguous(p, t, shape, DeviceKind::cuda, 0);
-      };
-      std::optional<TensorView> tab;
-      if (page) tab = tv(bt, DType::i32, {B, mb});
-      const Status st = mha_fwd_kvcache(
-          tv(q, DType::bf16, {B, 1, H, D}), tv(k, DType::bf16, {c0, c1, HK, D}),
-          tv(v, DType::bf16, {c0, c1, HK, D}), tv(kn, DType::bf16, {B, 1, HK, D}),
-          tv(vn, DType::bf16, {B, 1, HK, D}), tv(sl, DType::i32, {B}), none, none, none, none,
-          tab, none, tv(out, DType::bf16, {B, 1, H, D}), tv(lse, DType::f32, {B, H, 1}),
-          1.f / std::sqrt(static_cast<float>(D)), true, -1, -1, 0.f, false, sh.splits, opts);
-      if (!st.ok()) {
-        std::printf("call failed: %s\n", st.to_string().c_str());
-        std::exit(3);
-      }
+  }
+  DecodeCase(const DecodeCase&) = delete;
+  DecodeCase& operator=(const DecodeCase&) = delete;
+  ~DecodeCase() {
+    for (void* p : {q, k, v, kn, vn, out, lse, sl, bt})
+      if (p) (void)cudaFree(p);
+  }
+  double bytes() const { return 2.0 * B * cap * HK * D * 2; }
+  void call() const {
+    auto tv = [](void* p, DType t, std::initializer_list<int64_t> shape) {
+      return TensorView::contiguous(p, t, shape, DeviceKind::cuda, 0);
     };
-    const double bytes = 2.0 * B * cap * HK * D * 2;
+    const std::optional<TensorView> none;
+    std::optional<TensorView> tab;
+    if (page) tab = tv(bt, DType::i32, {B, mb});
+    RunOptions opts;
+    opts.backend = Backend::cuda;
+    const Status st = mha_fwd_kvcache(
+        tv(q, DType::bf16, {B, 1, H, D}), tv(k, DType::bf16, {c0, c1, HK, D}),
+        tv(v, DType::bf16, {c0, c1, HK, D}), tv(kn, DType::bf16, {B, 1, HK, D}),
+        tv(vn, DType::bf16, {B, 1, HK, D}), tv(sl, DType::i32, {B}), none, none, none, none, tab,
+        none, tv(out, DType::bf16, {B, 1, H, D}), tv(lse, DType::f32, {B, H, 1}),
+        1.f / std::sqrt(static_cast<float>(D)), true, -1, -1, 0.f, false, splits, opts);
+    if (!st.ok()) {
+      std::printf("call failed: %s\n", st.to_string().c_str());
+      std::exit(3);
+    }
+  }
+};
+
+void trace_calls(int reps) {
+  unsigned long long* tr = nullptr;
+  const size_t words = size_t{kTraceMax} * kTraceWords + size_t{kTraceMax} * kCombineWords;
+  CK(cudaMalloc(&tr, words * 8));
+  std::vector<unsigned long long> h(words);
+  struct Shape {
+    int B, S, page, splits;
+  };
+  std::vector<Shape> shapes;
+  for (int page : {0, 16, 256}) {
+    shapes.push_back({1, 131072, page, 0});
+    shapes.push_back({8, 16384, page, 0});
+  }
+  shapes.push_back({64, 4096, 0, 0});
+  shapes.push_back({1, 131072, 0, 66});
+  shapes.push_back({8, 16384, 0, 16});
+  const int nshapes = std::getenv("KV_TRACE_SHAPES") ? std::atoi(std::getenv("KV_TRACE_SHAPES"))
+                                                       : static_cast<int>(shapes.size());
+  shapes.resize(std::min(shapes.size(), static_cast<size_t>(std::max(1, nshapes))));
+  PreOps& pre = pre_ops();
+  for (const Shape& sh : shapes) {
+    const DecodeCase dc(sh.B, sh.S, sh.page, sh.splits);
+    const int B = sh.B, S = sh.S, page = sh.page;
+    std::unique_ptr<DecodeCase> primer;
+    if (pre.mode == "code") {
+      primer = std::make_unique<DecodeCase>(16, 2048, page, 0);
+      pre.code = [&primer] { primer->call(); };
+    }
+    pre.pages[0] = static_cast<const uint32_t*>(dc.k);
+    pre.pages[1] = static_cast<const uint32_t*>(dc.v);
+    pre.words = dc.cache / 2;
+    auto call = [&] { dc.call(); };
+    const double bytes = dc.bytes();
     gpu::kv_set_trace(nullptr);
     const double ms = time_stream_ms(reps, call);
     // Traced calls: the median over `reps` of each statistic would hide nothing systematic; one
@@ -345,8 +420,8 @@ void trace_calls(int reps) {
     }
     std::fflush(stdout);
     gpu::kv_set_trace(nullptr);
-    for (void* p : {q, k, v, kn, vn, out, lse, sl, bt})
-      if (p) CK(cudaFree(p));
+    pre.code = nullptr;
+    pre.words = 0;
   }
   CK(cudaFree(tr));
 }
