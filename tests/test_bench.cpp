@@ -205,6 +205,8 @@ TEST_CASE("bench: JSON and CSV outputs, peaks not measured then cached", "[bench
 
   // --timing: call is what ran above (recorded); stream is refused on the CPU.
   CHECK(j["meta"]["settings"]["timing"] == "call");
+  CHECK(j["meta"]["settings"]["timing_delay_us"] == 0.0);  // only a stream run delays
+  CHECK(j["meta"]["settings"]["timing_flush_bytes"] == 0);  // only a flush run clears the L2
   r = run_flashplus("bench " + common + "--mode fwd --timing stream", cache, t.file("err4"));
   CHECK(r.code == 2);
   CHECK_THAT(t.read("err4"), Catch::Contains("GPU backend"));
