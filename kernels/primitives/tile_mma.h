@@ -107,7 +107,7 @@ FP_DEV void cp_async_16(uint32_t smem_addr, const void* gmem, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
                "r"(src_size));
 }
-// The same with an L2 cache policy (l2_policy_*): data read once, such as a streamed KV cache,
+// The same with an L2 cache policy (l2_policy_evict_first): data read once, such as a streamed KV cache,
 // is marked evict-first so it does not push out what else the L2 holds (another kernel's data,
 // or dirty lines that would have to be written back in the middle of the stream).
 FP_DEV void cp_async_16(uint32_t smem_addr, const void* gmem, bool pred, uint64_t l2_policy) {
@@ -118,11 +118,6 @@ FP_DEV void cp_async_16(uint32_t smem_addr, const void* gmem, bool pred, uint64_
 FP_DEV uint64_t l2_policy_evict_first() {
   uint64_t p;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
-  return p;
-}
-FP_DEV uint64_t l2_policy_evict_normal() {
-  uint64_t p;
-  asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(p));
   return p;
 }
 FP_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

@@ -71,7 +71,7 @@ struct KvArgs {
   int pool_per_split = 0;
 #ifdef FLASHPLUS_KV_TRACE
   // Measurement builds only (docs/PERF.md "round 8"): per attention block kKvTraceWords timer
-  // readings, then per combine block two; set by kv_set_trace().
+  // readings, then kKvTraceCombineWords per combine block; set by kv_set_trace().
   unsigned long long* trace = nullptr;
 #endif
 };
@@ -92,10 +92,6 @@ __device__ __forceinline__ unsigned long long kv_timer() {
 #define FLASHPLUS_KV_TRACE_AT(buf, word, value) \
   do {                                          \
     if ((buf) != nullptr && threadIdx.x == 0) (buf)[word] = (value); \
-  } while (0)
-#else
-#define FLASHPLUS_KV_TRACE_AT(buf, word, value) \
-  do {                                          \
   } while (0)
 #endif
 
