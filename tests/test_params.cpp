@@ -15,14 +15,14 @@ using namespace flashplus;
 namespace {
 
 // Valid fwd arguments on the CPU (b=2, sq=5, sk=7, h=4, hk=2, d=16) that each test breaks once.
-struct FwdArgs {
+struct ValidFwd {
   std::vector<float> qb, kb, vb, ob, lb;
   TensorView q, k, v, out, lse;
   std::optional<TensorView> alibi;
   float scale = 0.f, softcap = 0.f;
   bool causal = false;
   int wl = -1, wr = -1;
-  FwdArgs() : qb(2 * 5 * 4 * 16, 0.5f), kb(2 * 7 * 2 * 16, 0.25f), vb(kb), ob(qb), lb(2 * 4 * 5) {
+  ValidFwd() : qb(2 * 5 * 4 * 16, 0.5f), kb(2 * 7 * 2 * 16, 0.25f), vb(kb), ob(qb), lb(2 * 4 * 5) {
     q = TensorView::contiguous(qb.data(), DType::f32, {2, 5, 4, 16});
     k = TensorView::contiguous(kb.data(), DType::f32, {2, 7, 2, 16});
     v = TensorView::contiguous(vb.data(), DType::f32, {2, 7, 2, 16});
@@ -44,14 +44,14 @@ void require_invalid(const Status& st, const std::string& fragment) {
 }  // namespace
 
 TEST_CASE("valid arguments run", "[params]") {
-  FwdArgs a;
+  ValidFwd a;
   Status st = a.run();
   INFO(st.to_string());
   REQUIRE(st.ok());
 }
 
 TEST_CASE("argument errors are reported, not crashed on", "[params]") {
-  FwdArgs a;
+  ValidFwd a;
   SECTION("mixed dtypes") {
     a.k.dtype = DType::f16;
     require_invalid(a.run(), "k must have dtype fp32");
@@ -161,7 +161,7 @@ TEST_CASE("argument errors are reported, not crashed on", "[params]") {
 }
 
 TEST_CASE("a backend that is not compiled or mismatches memory is refused", "[params]") {
-  FwdArgs a;
+  ValidFwd a;
   RunOptions o;
   o.backend = Backend::hip;
   Status st = mha_fwd(a.q, a.k, a.v, a.out, a.lse, std::nullopt, 0.f, 0.f, false, -1, -1, 0.f,
@@ -172,7 +172,7 @@ TEST_CASE("a backend that is not compiled or mismatches memory is refused", "[pa
 }
 
 TEST_CASE("backward argument errors", "[params]") {
-  FwdArgs a;
+  ValidFwd a;
   std::vector<float> dob(a.qb.size(), 0.1f), dqb(a.qb.size()), dkb(a.kb.size()), dvb(a.kb.size());
   TensorView dout = TensorView::contiguous(dob.data(), DType::f32, {2, 5, 4, 16});
   TensorView dq = TensorView::contiguous(dqb.data(), DType::f32, {2, 5, 4, 16});

@@ -121,68 +121,97 @@ Status run_fwd(const detail::BackendOps* ops, const AttnParams& p, const RunOpti
   return ops->dmask(p, opts);
 }
 
-Status fwd_impl(const TensorView& q, const TensorView& k, const TensorView& v,
-                const TensorView& out, const TensorView& softmax_lse,
-                const std::optional<TensorView>& alibi_slopes, float p_dropout,
-                float softmax_scale, bool is_causal, int window_size_left, int window_size_right,
-                float softcap, bool return_softmax, const std::optional<TensorView>& s_dmask,
-                const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_fwd_params(
-      q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
-      window_size_left, window_size_right, softcap, return_softmax, &p));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(return_softmax, s_dmask, q, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
-  return run_fwd(ops, p, opts);
-}
-
-Status varlen_fwd_impl(const TensorView& q, const TensorView& k, const TensorView& v,
-                       const TensorView& out, const TensorView& softmax_lse,
-                       const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
-                       const std::optional<TensorView>& seqused_k,
-                       const std::optional<TensorView>& leftpad_k,
-                       const std::optional<TensorView>& block_table,
-                       const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
-                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
-                       bool is_causal, int window_size_left, int window_size_right,
-                       float softcap, bool return_softmax, int num_splits,
-                       const std::optional<TensorView>& s_dmask, const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_fwd_params(
-      q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
-      alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
-      window_size_left, window_size_right, softcap, return_softmax, num_splits, &p));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(return_softmax, s_dmask, q, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(
-      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  return run_fwd(ops, p, opts);
-}
-
 }  // namespace
 
-Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-               const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
-               float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
-               int window_size_right, float softcap, bool return_softmax,
-               const RunOptions& opts) {
-  return fwd_impl(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
-                  window_size_left, window_size_right, softcap, return_softmax, std::nullopt,
-                  opts);
+Status mha_fwd(const FwdArgs& a) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_fwd_params(
+      a.q, a.k, a.v, a.out, a.softmax_lse, a.alibi_slopes, a.p_dropout, a.softmax_scale,
+      a.is_causal, a.window_size_left, a.window_size_right, a.softcap, a.return_softmax, &p));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(a.return_softmax, a.s_dmask, a.q, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(a.opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, a.opts, &p));
+  if (p.seqlen_q == 0) return Status::Ok();  // nothing to write
+  return run_fwd(ops, p, a.opts);
 }
+
+Status mha_bwd(const BwdArgs& a) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_bwd_params(
+      a.dout, a.q, a.k, a.v, a.out, a.softmax_lse, a.dq, a.dk, a.dv, a.alibi_slopes, a.p_dropout,
+      a.softmax_scale, a.is_causal, a.window_size_left, a.window_size_right, a.softcap,
+      a.deterministic, a.softmax_d, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(a.opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, a.opts, &p));
+  // The backend writes every element of dq, dk, dv (zeros where nothing contributes).
+  return ops->bwd(p, a.opts);
+}
+
+Status mha_varlen_fwd(const VarlenFwdArgs& a) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_fwd_params(
+      a.q, a.k, a.v, a.out, a.softmax_lse, a.cu_seqlens_q, a.cu_seqlens_k, a.seqused_k,
+      a.leftpad_k, a.block_table, a.alibi_slopes, a.max_seqlen_q, a.max_seqlen_k, a.p_dropout,
+      a.softmax_scale, a.zero_tensors, a.is_causal, a.window_size_left, a.window_size_right,
+      a.softcap, a.return_softmax, a.num_splits, &p));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_s_dmask(a.return_softmax, a.s_dmask, a.q, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(a.opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(
+      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, a.opts, &p));
+  return run_fwd(ops, p, a.opts);
+}
+
+Status mha_varlen_bwd(const VarlenBwdArgs& a) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_bwd_params(
+      a.dout, a.q, a.k, a.v, a.out, a.softmax_lse, a.dq, a.dk, a.dv, a.cu_seqlens_q,
+      a.cu_seqlens_k, a.alibi_slopes, a.max_seqlen_q, a.max_seqlen_k, a.p_dropout,
+      a.softmax_scale, a.zero_tensors, a.is_causal, a.window_size_left, a.window_size_right,
+      a.softcap, a.deterministic, a.softmax_d, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(a.opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(
+      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
+  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, a.opts, &p));
+  return ops->bwd(p, a.opts);
+}
+
+Status mha_fwd_kvcache(const KvcacheArgs& a) {
+  AttnParams p;
+  FLASHPLUS_RETURN_IF_ERROR(detail::make_kvcache_params(
+      a.q, a.kcache, a.vcache, a.k_new, a.v_new, a.cache_seqlens, a.rotary_cos, a.rotary_sin,
+      a.cache_batch_idx, a.cache_leftpad, a.block_table, a.alibi_slopes, a.out, a.softmax_lse,
+      a.softmax_scale, a.is_causal, a.window_size_left, a.window_size_right, a.softcap,
+      a.is_rotary_interleaved, a.num_splits, &p));
+  const detail::BackendOps* ops = nullptr;
+  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(a.opts, p.device, &ops));
+  FLASHPLUS_RETURN_IF_ERROR(detail::require_feature(ops, detail::kFeatureKvcache, "the kv cache"));
+  return ops->fwd(p, a.opts);
+}
+
+// ---- the positional forms (upstream's argument order) fill the structs ----------------------
 
 Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
                float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
                int window_size_right, float softcap, bool return_softmax,
                const std::optional<TensorView>& s_dmask, const RunOptions& opts) {
-  return fwd_impl(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
-                  window_size_left, window_size_right, softcap, return_softmax, s_dmask, opts);
+  return mha_fwd(FwdArgs{q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale,
+                         is_causal, window_size_left, window_size_right, softcap, return_softmax,
+                         s_dmask, opts});
+}
+
+Status mha_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const TensorView& softmax_lse, const std::optional<TensorView>& alibi_slopes,
+               float p_dropout, float softmax_scale, bool is_causal, int window_size_left,
+               int window_size_right, float softcap, bool return_softmax,
+               const RunOptions& opts) {
+  return mha_fwd(q, k, v, out, softmax_lse, alibi_slopes, p_dropout, softmax_scale, is_causal,
+                 window_size_left, window_size_right, softcap, return_softmax, std::nullopt, opts);
 }
 
 Status mha_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
@@ -192,32 +221,9 @@ Status mha_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
                float softmax_scale, bool is_causal, int window_size_left, int window_size_right,
                float softcap, bool deterministic, const std::optional<TensorView>& softmax_d,
                const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_bwd_params(
-      dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, p_dropout, softmax_scale,
-      is_causal, window_size_left, window_size_right, softcap, deterministic, softmax_d, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  // The backend writes every element of dq, dk, dv (zeros where nothing contributes).
-  return ops->bwd(p, opts);
-}
-
-Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
-                      const TensorView& out, const TensorView& softmax_lse,
-                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
-                      const std::optional<TensorView>& seqused_k,
-                      const std::optional<TensorView>& leftpad_k,
-                      const std::optional<TensorView>& block_table,
-                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
-                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
-                      bool is_causal, int window_size_left, int window_size_right, float softcap,
-                      bool return_softmax, int num_splits, const RunOptions& opts) {
-  return varlen_fwd_impl(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
-                         leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,
-                         p_dropout, softmax_scale, zero_tensors, is_causal, window_size_left,
-                         window_size_right, softcap, return_softmax, num_splits, std::nullopt,
-                         opts);
+  return mha_bwd(BwdArgs{dout, q, k, v, out, softmax_lse, dq, dk, dv, alibi_slopes, p_dropout,
+                         softmax_scale, is_causal, window_size_left, window_size_right, softcap,
+                         deterministic, softmax_d, opts});
 }
 
 Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -230,12 +236,29 @@ Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView
                       int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
                       bool return_softmax, int num_splits,
-                      const std::optional<TensorView>& s_dmask,
-                      const RunOptions& opts) {
-  return varlen_fwd_impl(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
-                         leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,
-                         p_dropout, softmax_scale, zero_tensors, is_causal, window_size_left,
-                         window_size_right, softcap, return_softmax, num_splits, s_dmask, opts);
+                      const std::optional<TensorView>& s_dmask, const RunOptions& opts) {
+  return mha_varlen_fwd(VarlenFwdArgs{
+      q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, block_table,
+      alibi_slopes, max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors,
+      is_causal, window_size_left, window_size_right, softcap, return_softmax, num_splits,
+      s_dmask, opts});
+}
+
+Status mha_varlen_fwd(const TensorView& q, const TensorView& k, const TensorView& v,
+                      const TensorView& out, const TensorView& softmax_lse,
+                      const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                      const std::optional<TensorView>& seqused_k,
+                      const std::optional<TensorView>& leftpad_k,
+                      const std::optional<TensorView>& block_table,
+                      const std::optional<TensorView>& alibi_slopes, int max_seqlen_q,
+                      int max_seqlen_k, float p_dropout, float softmax_scale, bool zero_tensors,
+                      bool is_causal, int window_size_left, int window_size_right, float softcap,
+                      bool return_softmax, int num_splits, const RunOptions& opts) {
+  return mha_varlen_fwd(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
+                        leftpad_k, block_table, alibi_slopes, max_seqlen_q, max_seqlen_k,
+                        p_dropout, softmax_scale, zero_tensors, is_causal, window_size_left,
+                        window_size_right, softcap, return_softmax, num_splits, std::nullopt,
+                        opts);
 }
 
 Status mha_varlen_bwd(const TensorView& dout, const TensorView& q, const TensorView& k,
@@ -247,17 +270,10 @@ Status mha_varlen_bwd(const TensorView& dout, const TensorView& q, const TensorV
                       bool is_causal, int window_size_left, int window_size_right, float softcap,
                       bool deterministic, const std::optional<TensorView>& softmax_d,
                       const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_varlen_bwd_params(
+  return mha_varlen_bwd(VarlenBwdArgs{
       dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, alibi_slopes,
       max_seqlen_q, max_seqlen_k, p_dropout, softmax_scale, zero_tensors, is_causal,
-      window_size_left, window_size_right, softcap, deterministic, softmax_d, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(
-      detail::require_feature(ops, detail::kFeatureVarlen, "variable-length batches"));
-  FLASHPLUS_RETURN_IF_ERROR(detail::set_dropout_rng(ops, opts, &p));
-  return ops->bwd(p, opts);
+      window_size_left, window_size_right, softcap, deterministic, softmax_d, opts});
 }
 
 Status mha_fwd_kvcache(const TensorView& q, const TensorView& kcache, const TensorView& vcache,
@@ -273,15 +289,10 @@ Status mha_fwd_kvcache(const TensorView& q, const TensorView& kcache, const Tens
                        const TensorView& softmax_lse, float softmax_scale, bool is_causal,
                        int window_size_left, int window_size_right, float softcap,
                        bool is_rotary_interleaved, int num_splits, const RunOptions& opts) {
-  AttnParams p;
-  FLASHPLUS_RETURN_IF_ERROR(detail::make_kvcache_params(
+  return mha_fwd_kvcache(KvcacheArgs{
       q, kcache, vcache, k_new, v_new, cache_seqlens, rotary_cos, rotary_sin, cache_batch_idx,
       cache_leftpad, block_table, alibi_slopes, out, softmax_lse, softmax_scale, is_causal,
-      window_size_left, window_size_right, softcap, is_rotary_interleaved, num_splits, &p));
-  const detail::BackendOps* ops = nullptr;
-  FLASHPLUS_RETURN_IF_ERROR(detail::resolve(opts, p.device, &ops));
-  FLASHPLUS_RETURN_IF_ERROR(detail::require_feature(ops, detail::kFeatureKvcache, "the kv cache"));
-  return ops->fwd(p, opts);
+      window_size_left, window_size_right, softcap, is_rotary_interleaved, num_splits, opts});
 }
 
 }  // namespace flashplus

@@ -42,6 +42,89 @@ struct RunOptions {
   const KernelConfig* config_override = nullptr;
 };
 
+// ---- argument structs ------------------------------------------------------------------------
+// One struct per entry point: what the positional functions below, the C ABI
+// (flashplus/flashplus_c.h) and the CLI fill. Fields carry the positional functions' names and
+// defaults (upstream's); each positional function documents their meaning. An absent optional
+// tensor is std::nullopt.
+struct FwdArgs {
+  TensorView q, k, v, out, softmax_lse;
+  std::optional<TensorView> alibi_slopes;
+  float p_dropout = 0.f;
+  float softmax_scale = 0.f;  // 0 = 1/sqrt(head_dim)
+  bool is_causal = false;
+  int window_size_left = -1, window_size_right = -1;
+  float softcap = 0.f;
+  bool return_softmax = false;
+  std::optional<TensorView> s_dmask;  // required with return_softmax, absent otherwise
+  RunOptions opts;
+};
+
+struct BwdArgs {
+  TensorView dout, q, k, v, out, softmax_lse, dq, dk, dv;
+  std::optional<TensorView> alibi_slopes;
+  float p_dropout = 0.f;
+  float softmax_scale = 0.f;
+  bool is_causal = false;
+  int window_size_left = -1, window_size_right = -1;
+  float softcap = 0.f;
+  bool deterministic = false;
+  std::optional<TensorView> softmax_d;
+  RunOptions opts;
+};
+
+struct VarlenFwdArgs {
+  TensorView q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k;
+  std::optional<TensorView> seqused_k, leftpad_k, block_table, alibi_slopes;
+  int max_seqlen_q = 0, max_seqlen_k = 0;
+  float p_dropout = 0.f;
+  float softmax_scale = 0.f;
+  bool zero_tensors = false;
+  bool is_causal = false;
+  int window_size_left = -1, window_size_right = -1;
+  float softcap = 0.f;
+  bool return_softmax = false;
+  int num_splits = 0;
+  std::optional<TensorView> s_dmask;
+  RunOptions opts;
+};
+
+struct VarlenBwdArgs {
+  TensorView dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k;
+  std::optional<TensorView> alibi_slopes;
+  int max_seqlen_q = 0, max_seqlen_k = 0;
+  float p_dropout = 0.f;
+  float softmax_scale = 0.f;
+  bool zero_tensors = false;
+  bool is_causal = false;
+  int window_size_left = -1, window_size_right = -1;
+  float softcap = 0.f;
+  bool deterministic = false;
+  std::optional<TensorView> softmax_d;
+  RunOptions opts;
+};
+
+struct KvcacheArgs {
+  TensorView q, kcache, vcache;
+  std::optional<TensorView> k_new, v_new, cache_seqlens, rotary_cos, rotary_sin, cache_batch_idx,
+      cache_leftpad, block_table, alibi_slopes;
+  TensorView out, softmax_lse;
+  float softmax_scale = 0.f;
+  bool is_causal = false;
+  int window_size_left = -1, window_size_right = -1;
+  float softcap = 0.f;
+  bool is_rotary_interleaved = false;
+  int num_splits = 0;
+  RunOptions opts;
+};
+
+// The entry points on their structs; the positional overloads below fill one and call these.
+Status mha_fwd(const FwdArgs& a);
+Status mha_bwd(const BwdArgs& a);
+Status mha_varlen_fwd(const VarlenFwdArgs& a);
+Status mha_varlen_bwd(const VarlenBwdArgs& a);
+Status mha_fwd_kvcache(const KvcacheArgs& a);
+
 // Forward. q (b, sq, h, d); k, v (b, sk, hk, d); out like q; softmax_lse fp32 (b, h, sq).
 // alibi_slopes fp32 (h) or (b, h). p_dropout in [0, 1): P_ij * keep(b, h, i, j) / (1 - p), the mask
 // from flashplus/philox.h with opts.dropout_seed/offset (lse is computed before dropout);
