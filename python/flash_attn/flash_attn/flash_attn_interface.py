@@ -606,6 +606,8 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         if softmax_scale is None:
             softmax_scale = q.shape[-1] ** (-0.5)
         k, v = kv[:, 0], kv[:, 1]
+        if cu_seqlens_k is None:  # the same tensor as cu_seqlens_q (see flash_attn_varlen_func)
+            cu_seqlens_k = cu_seqlens_q
         max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
         out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_varlen_forward(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
@@ -683,6 +685,8 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         is_grad = is_grad_enabled and _any_requires_grad(q, k, v)
         if softmax_scale is None:
             softmax_scale = q.shape[-1] ** (-0.5)
+        if cu_seqlens_k is None:  # the same tensor as cu_seqlens_q (see flash_attn_varlen_func)
+            cu_seqlens_k = cu_seqlens_q
         max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
         out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_varlen_forward(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
@@ -887,6 +891,8 @@ def flash_attn_varlen_kvpacked_func(
         out: (total_q, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (nheads, total_q) fp32, S_dmask).
     """
+    if cu_seqlens_k is cu_seqlens_q:
+        cu_seqlens_k = None  # torch.compile cannot trace one tensor passed twice to .apply
     return FlashAttnVarlenKVPackedFunc.apply(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                              max_seqlen_k, dropout_p, softmax_scale, causal,
                                              window_size, softcap, alibi_slopes, deterministic,
@@ -927,6 +933,10 @@ def flash_attn_varlen_func(
         out: (total_q, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (nheads, total_q) fp32, S_dmask).
     """
+    if cu_seqlens_k is cu_seqlens_q:
+        # Dynamo cannot trace autograd.Function.apply with one tensor in two inputs (transformers
+        # passes the same cu_seqlens for q and k); the classes accept None for "as cu_seqlens_q".
+        cu_seqlens_k = None
     return FlashAttnVarlenFunc.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                      max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
                                      softcap, alibi_slopes, deterministic, return_attn_probs,
