@@ -124,7 +124,9 @@ class ApplyRotaryEmbQKV_(torch.autograd.Function):
             ctx.seqlen_offsets = None
         ctx.interleaved = interleaved
         ctx.num_heads_q = num_heads_q
-        ctx.mark_dirty(qkv)
+        # No ctx.mark_dirty: returning the rotated input as is keeps the op traceable by
+        # torch.compile (Dynamo does not support mark_dirty); autograd still routes the gradient
+        # through backward, because the returned input becomes this Function's output view.
         return qkv
 
     @staticmethod
@@ -176,8 +178,7 @@ class ApplyRotaryEmbKV_(torch.autograd.Function):
             ctx.save_for_backward(cos, sin, seqlen_offsets)
             ctx.seqlen_offsets = None
         ctx.interleaved = interleaved
-        ctx.mark_dirty(kv)
-        return kv
+        return kv  # no mark_dirty, as ApplyRotaryEmbQKV_
 
     @staticmethod
     def backward(ctx, dkv):
