@@ -90,6 +90,8 @@ def _draw_dropout_rng(q):
 
 
 def _rng_state(seed, offset):
+    if not seed and not offset:
+        return _zeros(2, dtype=_i64)  # no dropout (4x cheaper than torch.tensor)
     if seed >= 1 << 63:  # stored as int64: two's complement
         seed -= _U64
     return torch.tensor((seed, offset), dtype=_i64)
@@ -177,9 +179,7 @@ def _get_block_size_n(device, head_dim, is_dropout, is_causal):
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("flash_attn::_flash_attn_forward", mutates_args=(),
-                         device_types=_DEVICE_TYPES)
-def _flash_attn_forward(
+def _fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -205,13 +205,17 @@ def _flash_attn_forward(
     if return_softmax:
         s_dmask = _empty((b, h, _r128(sq), _r128(k.shape[1])), dtype=q.dtype, device=dev)
     else:
-        s_dmask = _empty((0,), dtype=q.dtype, device=dev)
+        s_dmask = q.new_empty((0,))
     seed, offset = _draw_dropout_rng(q) if dropout_p > 0.0 else (0, 0)
     _mha_fwd(q, k, v, out, lse, alibi_slopes, s_dmask if return_softmax else None,
              dropout_p, _scale(softmax_scale), causal, _window(window_size_left),
              _window(window_size_right), max(softcap, 0.0), return_softmax,
              0, nthreads, stream, seed, offset)
     return out, lse, s_dmask, _rng_state(seed, offset)
+
+
+_flash_attn_forward = torch.library.custom_op(
+    "flash_attn::_flash_attn_forward", mutates_args=(), device_types=_DEVICE_TYPES)(_fwd_impl)
 
 
 @torch.library.register_fake("flash_attn::_flash_attn_forward")
@@ -228,9 +232,7 @@ def _flash_attn_forward_fake(q, k, v, dropout_p, softmax_scale, causal, window_s
     return out, lse, s_dmask, rng_state
 
 
-@torch.library.custom_op("flash_attn::_flash_attn_varlen_forward", mutates_args=(),
-                         device_types=_DEVICE_TYPES)
-def _flash_attn_varlen_forward(
+def _varlen_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -266,7 +268,7 @@ def _flash_attn_varlen_forward(
         s_dmask = _empty((b, h, _r128(max_seqlen_q), _r128(max_seqlen_k)), dtype=q.dtype,
                          device=dev)
     else:
-        s_dmask = _empty((0,), dtype=q.dtype, device=dev)
+        s_dmask = q.new_empty((0,))
     seed, offset = _draw_dropout_rng(q) if dropout_p > 0.0 else (0, 0)
     _mha_varlen_fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k,
                     block_table, alibi_slopes, s_dmask if return_softmax else None,
@@ -275,6 +277,10 @@ def _flash_attn_varlen_forward(
                     max(softcap, 0.0), return_softmax, num_splits,
                     0, nthreads, stream, seed, offset)
     return out, lse, s_dmask, _rng_state(seed, offset)
+
+
+_flash_attn_varlen_forward = torch.library.custom_op(
+    "flash_attn::_flash_attn_varlen_forward", mutates_args=(), device_types=_DEVICE_TYPES)(_varlen_fwd_impl)
 
 
 @torch.library.register_fake("flash_attn::_flash_attn_varlen_forward")
@@ -296,9 +302,7 @@ def _flash_attn_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seq
     return out, lse, s_dmask, rng_state
 
 
-@torch.library.custom_op("flash_attn::_flash_attn_backward", mutates_args=("dq", "dk", "dv"),
-                         device_types=_DEVICE_TYPES)
-def _flash_attn_backward(
+def _bwd_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -345,6 +349,10 @@ def _flash_attn_backward(
     return softmax_d
 
 
+_flash_attn_backward = torch.library.custom_op(
+    "flash_attn::_flash_attn_backward", mutates_args=("dq", "dk", "dv"), device_types=_DEVICE_TYPES)(_bwd_impl)
+
+
 @torch.library.register_fake("flash_attn::_flash_attn_backward")
 def _flash_attn_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p,
                               softmax_scale, causal, window_size_left, window_size_right, softcap,
@@ -353,9 +361,7 @@ def _flash_attn_backward_fake(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropo
     return q.new_empty((b, h, _r128(sq)), dtype=_f32)
 
 
-@torch.library.custom_op("flash_attn::_flash_attn_varlen_backward",
-                         mutates_args=("dq", "dk", "dv"), device_types=_DEVICE_TYPES)
-def _flash_attn_varlen_backward(
+def _varlen_bwd_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -404,6 +410,10 @@ def _flash_attn_varlen_backward(
                     0, nthreads, stream, seed, offset)
     softmax_d[:, :tq].copy_(sd)
     return softmax_d
+
+
+_flash_attn_varlen_backward = torch.library.custom_op(
+    "flash_attn::_flash_attn_varlen_backward", mutates_args=("dq", "dk", "dv"), device_types=_DEVICE_TYPES)(_varlen_bwd_impl)
 
 
 @torch.library.register_fake("flash_attn::_flash_attn_varlen_backward")
@@ -477,6 +487,22 @@ torch.library.register_autograd("flash_attn::_flash_attn_varlen_forward", _varle
 # ------------------------------------------------------------------------------------------------
 
 
+_is_compiling = torch.compiler.is_compiling
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+
+
+def _eager(t):
+    """True when a call can skip the dispatcher and run the op's implementation directly: plain
+    eager mode on a plain tensor. The torch.library op costs ~35 us of Python dispatch per call,
+    most of a decode step; under torch.compile, fake tensors, dispatch modes and functorch
+    transforms the registered op (and its fake implementation) is used."""
+    return (not _is_compiling() and type(t) is _Tensor and not _dispatch_stack_len()
+            and not _functorch_active())
+
+
 def _any_requires_grad(*ts):
     for t in ts:
         if t.requires_grad:
@@ -492,7 +518,8 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         if softmax_scale is None:
             softmax_scale = qkv.shape[-1] ** (-0.5)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_forward(
+        fwd = _fwd_impl if _eager(q) else _wrapped_flash_attn_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, dropout_p, softmax_scale, causal=causal,
             window_size_left=int(window_size[0]), window_size_right=int(window_size[1]),
             softcap=softcap, alibi_slopes=alibi_slopes,
@@ -513,7 +540,8 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
         q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
         qkv_shape = q.shape[:-2] + (3, *q.shape[-2:])
         dqkv = torch.empty(qkv_shape, dtype=q.dtype, device=q.device)
-        _wrapped_flash_attn_backward(
+        bwd = _bwd_impl if _eager(dout) else _wrapped_flash_attn_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dqkv[:, :, 0], dqkv[:, :, 1], dqkv[:, :, 2],
             ctx.dropout_p, ctx.softmax_scale, ctx.causal, int(ctx.window_size[0]),
             int(ctx.window_size[1]), ctx.softcap, ctx.alibi_slopes, ctx.deterministic,
@@ -530,7 +558,8 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
             softmax_scale = qkv.shape[-1] ** (-0.5)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         max_seqlen = int(max_seqlen)
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_varlen_forward(
+        fwd = _varlen_fwd_impl if _eager(q) else _wrapped_flash_attn_varlen_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, softmax_scale,
             causal=causal, window_size_left=int(window_size[0]),
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
@@ -552,7 +581,8 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
         q, k, v, out, softmax_lse, cu_seqlens, rng_state = ctx.saved_tensors
         qkv_shape = q.shape[:-2] + (3, *q.shape[-2:])
         dqkv = torch.empty(qkv_shape, dtype=q.dtype, device=q.device)
-        _wrapped_flash_attn_varlen_backward(
+        bwd = _varlen_bwd_impl if _eager(dout) else _wrapped_flash_attn_varlen_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2], cu_seqlens,
             cu_seqlens, ctx.max_seqlen, ctx.max_seqlen, ctx.dropout_p, ctx.softmax_scale,
             ctx.causal, int(ctx.window_size[0]), int(ctx.window_size[1]), ctx.softcap,
@@ -568,7 +598,8 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         if softmax_scale is None:
             softmax_scale = q.shape[-1] ** (-0.5)
         k, v = kv[:, :, 0], kv[:, :, 1]
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_forward(
+        fwd = _fwd_impl if _eager(q) else _wrapped_flash_attn_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, dropout_p, softmax_scale, causal=causal,
             window_size_left=int(window_size[0]), window_size_right=int(window_size[1]),
             softcap=softcap, alibi_slopes=alibi_slopes,
@@ -590,7 +621,8 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
         dq = torch.empty_like(q)
         kv_shape = k.shape[:-2] + (2, *k.shape[-2:])
         dkv = torch.empty(kv_shape, dtype=k.dtype, device=k.device)
-        _wrapped_flash_attn_backward(
+        bwd = _bwd_impl if _eager(dout) else _wrapped_flash_attn_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dq, dkv[:, :, 0], dkv[:, :, 1], ctx.dropout_p,
             ctx.softmax_scale, ctx.causal, int(ctx.window_size[0]), int(ctx.window_size[1]),
             ctx.softcap, ctx.alibi_slopes, ctx.deterministic, rng_state=rng_state)
@@ -609,7 +641,8 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         if cu_seqlens_k is None:  # the same tensor as cu_seqlens_q (see flash_attn_varlen_func)
             cu_seqlens_k = cu_seqlens_q
         max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_varlen_forward(
+        fwd = _varlen_fwd_impl if _eager(q) else _wrapped_flash_attn_varlen_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
             softmax_scale, causal=causal, window_size_left=int(window_size[0]),
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
@@ -634,7 +667,8 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
         dq = torch.empty_like(q)
         kv_shape = k.shape[:-2] + (2, *k.shape[-2:])
         dkv = torch.empty(kv_shape, dtype=k.dtype, device=k.device)
-        _wrapped_flash_attn_varlen_backward(
+        bwd = _varlen_bwd_impl if _eager(dout) else _wrapped_flash_attn_varlen_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dq, dkv[:, 0], dkv[:, 1], cu_seqlens_q,
             cu_seqlens_k, ctx.max_seqlen_q, ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale,
             ctx.causal, int(ctx.window_size[0]), int(ctx.window_size[1]), ctx.softcap,
@@ -650,7 +684,8 @@ class FlashAttnFunc(torch.autograd.Function):
         is_grad = is_grad_enabled and _any_requires_grad(q, k, v)
         if softmax_scale is None:
             softmax_scale = q.shape[-1] ** (-0.5)
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_forward(
+        fwd = _fwd_impl if _eager(q) else _wrapped_flash_attn_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, dropout_p, softmax_scale, causal=causal,
             window_size_left=int(window_size[0]), window_size_right=int(window_size[1]),
             softcap=softcap, alibi_slopes=alibi_slopes,
@@ -670,7 +705,8 @@ class FlashAttnFunc(torch.autograd.Function):
     def backward(ctx, dout, *args):
         q, k, v, out, softmax_lse, rng_state = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _wrapped_flash_attn_backward(
+        bwd = _bwd_impl if _eager(dout) else _wrapped_flash_attn_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dq, dk, dv, ctx.dropout_p, ctx.softmax_scale,
             ctx.causal, int(ctx.window_size[0]), int(ctx.window_size[1]), ctx.softcap,
             ctx.alibi_slopes, ctx.deterministic, rng_state=rng_state)
@@ -688,7 +724,8 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
         if cu_seqlens_k is None:  # the same tensor as cu_seqlens_q (see flash_attn_varlen_func)
             cu_seqlens_k = cu_seqlens_q
         max_seqlen_q, max_seqlen_k = int(max_seqlen_q), int(max_seqlen_k)
-        out, softmax_lse, S_dmask, rng_state = _wrapped_flash_attn_varlen_forward(
+        fwd = _varlen_fwd_impl if _eager(q) else _wrapped_flash_attn_varlen_forward
+        out, softmax_lse, S_dmask, rng_state = fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
             softmax_scale, causal=causal, window_size_left=int(window_size[0]),
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
@@ -715,7 +752,8 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
                                "block_table (paged K/V is forward only, as upstream)")
         q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _wrapped_flash_attn_varlen_backward(
+        bwd = _varlen_bwd_impl if _eager(dout) else _wrapped_flash_attn_varlen_backward
+        bwd(
             dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k,
             ctx.max_seqlen_q, ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal,
             int(ctx.window_size[0]), int(ctx.window_size[1]), ctx.softcap, ctx.alibi_slopes,
@@ -753,6 +791,10 @@ def flash_attn_qkvpacked_func(
         out: (batch_size, seqlen, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (batch_size, nheads, seqlen) fp32, S_dmask).
     """
+    if not (qkv.requires_grad and _grad_enabled()) and _eager(qkv):  # nothing to record
+        return FlashAttnQKVPackedFunc.forward(None, qkv, dropout_p, softmax_scale, causal,
+                                              window_size, softcap, alibi_slopes, deterministic,
+                                              return_attn_probs, False)
     return FlashAttnQKVPackedFunc.apply(qkv, dropout_p, softmax_scale, causal, window_size,
                                         softcap, alibi_slopes, deterministic, return_attn_probs,
                                         torch.is_grad_enabled())
@@ -781,6 +823,10 @@ def flash_attn_kvpacked_func(
         out: (batch_size, seqlen_q, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (batch_size, nheads, seqlen_q) fp32, S_dmask).
     """
+    if not ((q.requires_grad or kv.requires_grad) and _grad_enabled()) and _eager(q):
+        return FlashAttnKVPackedFunc.forward(None, q, kv, dropout_p, softmax_scale, causal,
+                                             window_size, softcap, alibi_slopes, deterministic,
+                                             return_attn_probs, False)
     return FlashAttnKVPackedFunc.apply(q, kv, dropout_p, softmax_scale, causal, window_size,
                                        softcap, alibi_slopes, deterministic, return_attn_probs,
                                        torch.is_grad_enabled())
@@ -830,6 +876,12 @@ def flash_attn_func(
         S_dmask [optional]: with dropout, (batch_size, nheads, round128(seqlen_q),
             round128(seqlen_k)) probabilities, negative where dropped; else an empty tensor.
     """
+    if not ((q.requires_grad or k.requires_grad or v.requires_grad) and _grad_enabled()) \
+            and _eager(q):
+        # Inference: autograd would record nothing, so skip Function.apply's bookkeeping.
+        return FlashAttnFunc.forward(None, q, k, v, dropout_p, softmax_scale, causal, window_size,
+                                     softcap, alibi_slopes, deterministic, return_attn_probs,
+                                     False)
     return FlashAttnFunc.apply(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
                                alibi_slopes, deterministic, return_attn_probs,
                                torch.is_grad_enabled())
@@ -858,6 +910,11 @@ def flash_attn_varlen_qkvpacked_func(
         out: (total, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (nheads, total) fp32, S_dmask).
     """
+    if not (qkv.requires_grad and _grad_enabled()) and _eager(qkv):
+        return FlashAttnVarlenQKVPackedFunc.forward(None, qkv, cu_seqlens, max_seqlen, dropout_p,
+                                                    softmax_scale, causal, window_size, softcap,
+                                                    alibi_slopes, deterministic,
+                                                    return_attn_probs, False)
     return FlashAttnVarlenQKVPackedFunc.apply(qkv, cu_seqlens, max_seqlen, dropout_p,
                                               softmax_scale, causal, window_size, softcap,
                                               alibi_slopes, deterministic, return_attn_probs,
@@ -891,6 +948,12 @@ def flash_attn_varlen_kvpacked_func(
         out: (total_q, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (nheads, total_q) fp32, S_dmask).
     """
+    if not ((q.requires_grad or kv.requires_grad) and _grad_enabled()) and _eager(q):
+        return FlashAttnVarlenKVPackedFunc.forward(None, q, kv, cu_seqlens_q, cu_seqlens_k,
+                                                   max_seqlen_q, max_seqlen_k, dropout_p,
+                                                   softmax_scale, causal, window_size, softcap,
+                                                   alibi_slopes, deterministic,
+                                                   return_attn_probs, False)
     if cu_seqlens_k is cu_seqlens_q:
         cu_seqlens_k = None  # torch.compile cannot trace one tensor passed twice to .apply
     return FlashAttnVarlenKVPackedFunc.apply(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -933,6 +996,12 @@ def flash_attn_varlen_func(
         out: (total_q, nheads, headdim); with return_attn_probs,
         (out, softmax_lse (nheads, total_q) fp32, S_dmask).
     """
+    if not ((q.requires_grad or k.requires_grad or v.requires_grad) and _grad_enabled()) \
+            and _eager(q):
+        return FlashAttnVarlenFunc.forward(None, q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                           max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                                           causal, window_size, softcap, alibi_slopes,
+                                           deterministic, return_attn_probs, block_table, False)
     if cu_seqlens_k is cu_seqlens_q:
         # Dynamo cannot trace autograd.Function.apply with one tensor in two inputs (transformers
         # passes the same cu_seqlens for q and k); the classes accept None for "as cu_seqlens_q".
