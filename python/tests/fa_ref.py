@@ -105,7 +105,13 @@ def check_vs_ref(out, ref, pt, factor=2.0, name="out"):
     err = (out.double() - ref)[fin].abs().max().item() if fin.any() else 0.0
     pt_err = (pt.double() - ref)[fin].abs().max().item() if fin.any() else 0.0
     slack = rounding_slack(ref[fin], out.dtype) if fin.any() else 0.0
-    assert err <= factor * pt_err + slack, (
+    bound = factor * pt_err + slack
+    if pt_err == 0.0:
+        # Degenerate: PyTorch's own computation is exact (e.g. dq of rows that see a single key
+        # is exactly 0), so the ratio says nothing; the kernel's D = rowsum(dout * out) from the
+        # rounded out leaves O(1e-6). Upstream's absolute term (its causal tests: 2x + 1e-5).
+        bound = max(bound, 1e-5)
+    assert err <= bound, (
         f"{name}: max error {err:.3g} > {factor} x pytorch's {pt_err:.3g} + {slack:.3g}")
     # Non-finite reference entries (+inf lse of empty rows) must match exactly.
     assert torch.equal(out.double()[~fin], ref[~fin]), f"{name}: non-finite entries differ"
