@@ -42,6 +42,15 @@ def test_opcheck_forward_backward(dtype):
     torch.library.opcheck(torch.ops.flash_attn._flash_attn_backward.default, bargs)
 
 
+def test_opcheck_forward_noncontiguous_last_dim():
+    # A dense q whose last stride is not 1: the op copies it; the fake must give the same layout.
+    g = torch.Generator().manual_seed(48)
+    q = torch.randn(2, 11, 32, 4, generator=g).to(torch.bfloat16).transpose(-1, -2)
+    k, v = _t(g, 2, 9, 4, 32), _t(g, 2, 9, 4, 32)
+    torch.library.opcheck(torch.ops.flash_attn._flash_attn_forward.default,
+                          (q, k, v, 0.0, 0.2, False, -1, -1, 0.0, None, False))
+
+
 def test_opcheck_forward_return_softmax_fake_shape():
     # With dropout the real output is random, so only the fake/real shape agreement is checked.
     g = torch.Generator().manual_seed(42)

@@ -236,7 +236,7 @@ _flash_attn_forward = torch.library.custom_op(
 def _flash_attn_forward_fake(q, k, v, dropout_p, softmax_scale, causal, window_size_left,
                              window_size_right, softcap, alibi_slopes, return_softmax):
     b, sq, h, _ = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty_like(maybe_contiguous(q))  # as the real op, which copies such a q first
     lse = q.new_empty((b, h, sq), dtype=_f32)
     if return_softmax:
         s_dmask = q.new_empty((b, h, _r128(sq), _r128(k.shape[1])))
@@ -311,7 +311,7 @@ def _flash_attn_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seq
                                     leftpad_k=None, seqused_k=None, zero_tensors=False,
                                     num_splits=0):
     tq, h, _ = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty_like(maybe_contiguous(q))  # as the real op, which copies such a q first
     lse = q.new_empty((h, tq), dtype=_f32)
     if return_softmax:
         b = cu_seqlens_q.numel() - 1

@@ -122,6 +122,17 @@ def _check_dtypes(q, k, v):
         raise RuntimeError(f"query and value must have the same dtype (q: {dt}, v: {v.dtype})")
 
 
+def _check_index(t, name):
+    # Upstream's message; the C ABI would name the argument too, but in other words.
+    if t is not None and t.dtype is not _i32:
+        raise RuntimeError(f"{name} must have dtype int32, got {t.dtype}")
+
+
+def _check_alibi(a):
+    if a is not None and a.dtype is not _f32:
+        raise RuntimeError(f"ALiBi slopes must have dtype fp32 (alibi_slopes has {a.dtype})")
+
+
 def _check_head_dim(d, what):
     if d > 256:
         raise RuntimeError(
@@ -200,6 +211,7 @@ def _fwd_impl(
     _check_ndim(k, "k", 4, "(batch, seqlen_k, nheads_k, head_dim)")
     b, sq, h, d = q.shape
     _check_head_dim(d, "forward")
+    _check_alibi(alibi_slopes)
     nthreads, stream = _opts(q)
     dev = q.device
     out = torch.empty_like(q)
@@ -261,6 +273,12 @@ def _varlen_fwd_impl(
     _check_ndim(q, "q", 3, "(total_q, nheads, head_dim)")
     tq, h, d = q.shape
     _check_head_dim(d, "forward")
+    _check_index(cu_seqlens_q, "cu_seqlens_q")
+    _check_index(cu_seqlens_k, "cu_seqlens_k")
+    _check_index(block_table, "block_table")
+    _check_index(seqused_k, "seqused_k")
+    _check_index(leftpad_k, "leftpad_k")
+    _check_alibi(alibi_slopes)
     nthreads, stream = _opts(q)
     dev = q.device
     out = torch.empty_like(q)
@@ -329,6 +347,7 @@ def _bwd_impl(
     _check_ndim(q, "q", 4, "(batch, seqlen_q, nheads, head_dim)")
     b, sq, h, d = q.shape
     _check_head_dim(d, "backward")
+    _check_alibi(alibi_slopes)
     nthreads, stream = _opts(q)
     if dq is None:
         dq = torch.empty_like(q)
@@ -393,6 +412,9 @@ def _varlen_bwd_impl(
     _check_ndim(q, "q", 3, "(total_q, nheads, head_dim)")
     tq, h, d = q.shape
     _check_head_dim(d, "backward")
+    _check_index(cu_seqlens_q, "cu_seqlens_q")
+    _check_index(cu_seqlens_k, "cu_seqlens_k")
+    _check_alibi(alibi_slopes)
     nthreads, stream = _opts(q)
     if dq is None:
         dq = torch.empty_like(q)
@@ -1088,6 +1110,12 @@ def flash_attn_with_kvcache(
         softmax_scale = d ** (-0.5)
     if cache_seqlens is not None and isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((b,), cache_seqlens, dtype=_i32, device=k_cache.device)
+    else:
+        _check_index(cache_seqlens, "cache_seqlens")
+    _check_index(cache_batch_idx, "cache_batch_idx")
+    _check_index(cache_leftpad, "cache_leftpad")
+    _check_index(block_table, "block_table")
+    _check_alibi(alibi_slopes)
     nthreads, stream = _opts(q)
     if block_table is not None:
         block_table = maybe_contiguous(block_table)
