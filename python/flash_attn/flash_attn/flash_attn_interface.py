@@ -512,8 +512,9 @@ torch.library.register_autograd("flash_attn::_flash_attn_varlen_forward", _varle
 
 
 _is_compiling = torch.compiler.is_compiling
-_dispatch_stack_len = torch._C._len_torch_dispatch_stack
-_functorch_active = torch._C._are_functorch_transforms_active
+# Private torch helpers, with fallbacks that keep the registered-op path on other versions.
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 
