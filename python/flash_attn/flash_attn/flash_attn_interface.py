@@ -83,7 +83,11 @@ def _opts(q):
 def _draw_dropout_rng(q):
     """(seed, offset) for one dropout mask, from torch's default generator of q's device."""
     if q.is_cuda:
-        gen = torch.cuda.default_generators[q.get_device()]
+        gens = torch.cuda.default_generators
+        if not gens:  # filled by CUDA's lazy init, which a tensor from DLPack may not have run
+            torch.cuda.init()
+            gens = torch.cuda.default_generators
+        gen = gens[q.get_device()]
         seed = gen.initial_seed()
         offset = gen.get_offset()
         gen.set_offset(offset + 4)
