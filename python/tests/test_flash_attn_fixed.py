@@ -2,6 +2,7 @@
 # gradients against an fp64 reference, judged by upstream's rule (API.md §11): the error must be
 # at most 2x (gradients: 2x, 3x with softcap or ALiBi) that of the same math in the input dtype.
 import math
+import zlib
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_flash_attn_func(case):
     B, H = 2, 4
     hk = H if hk == "H" else hk
     softcap = 30.0 if feat == "softcap" else 0.0
-    q, k, v, g = make_inputs(B, sq, sk, H, hk, d, dtype, seed=hash(_ids(case)) % 1000,
+    q, k, v, g = make_inputs(B, sq, sk, H, hk, d, dtype, seed=zlib.crc32(_ids(case).encode()) % 1000,
                              softcap=softcap)
     causal, window, softcap, alibi = feature_args(feat, sk, g, B, H)
     kw = dict(causal=causal, window=window, softcap=softcap, alibi_slopes=alibi)
