@@ -18,7 +18,7 @@
 #include "config.h"
 #include "flashplus/runtime.h"
 #include "flashplus/tuning.h"
-#include "npy.h"  // check_output_dir
+#include "file_io.h"
 #include "verify.h"
 
 namespace flashplus::cli {
@@ -75,7 +75,8 @@ int run_autotune(const AutotuneArgs& a) {
   const Backend be = resolve_backend(a.backend);
   const DeviceDesc dev = backend_device(be);
   const std::string fp = device_fingerprint(dev);
-  check_output_dir(a.out);
+  // Before tuning, not after minutes of it: the table's directory must take a new file.
+  check_output_writable(a.out);
 
   // The existing table is kept and merged into; a table we cannot read is never overwritten.
   TunedTable table;
@@ -236,7 +237,9 @@ int run_autotune(const AutotuneArgs& a) {
     e.workload = case_shape(tc);
     table.set(key, e);
     table.created = utc_now_iso();
-    throw_if_error(table.save(a.out));  // after every key: an interrupted run keeps it
+    // After every key, so an interrupted run keeps it; through file_io.h as every CLI output
+    // (atomic rename, symlinks followed, a device written through).
+    write_file_atomic(a.out, table.dump());
     ++keys_done;
     summary.push_back(fmt::format("{:<28} {:<14} {:>10.4f} ms   runner-up {:<14} {}", name,
                                   e.config.to_string(), e.time_ms,
