@@ -62,7 +62,7 @@ class CaseBuilder {
     const std::string& k = e.key;
     auto pair = [&](const char* what) {
       if (!v.is_array() || v.size() != 2)
-        c_.fail(p, fmt::format("expected [{}], got {}", what, v.dump()));
+        c_.fail(p, fmt::format("expected [{}], got {}", what, JsonChecker::preview(v)));
     };
     if (k == "batch") {
       c_case.batch = c_.to_int(v, p, 1, 1 << 16);
@@ -119,7 +119,7 @@ class CaseBuilder {
     } else if (k == "varlen") {
       // [n, [sq, sk], ...]: n means seqlen_q = seqlen_k = n.
       if (!v.is_array())
-        c_.fail(p, fmt::format("expected a list of sequence lengths, got {}", v.dump()));
+        c_.fail(p, fmt::format("expected a list of sequence lengths, got {}", JsonChecker::preview(v)));
       c_case.varlen.clear();
       for (size_t i = 0; i < v.size(); ++i) {
         const std::string ip = JsonChecker::index(p, i);
