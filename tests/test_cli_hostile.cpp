@@ -257,4 +257,16 @@ TEST_CASE("cli hostile: autotune checks --out is writable before tuning", "[cli]
   CHECK_THAT(r.output, !Catch::Contains("autotune on"));  // refused before tuning started
 }
 
+TEST_CASE("cli hostile: a tiny suite that expands to 10^8 cases is refused", "[cli][hostile]") {
+  TempDir d;
+  std::string ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+  d.write("s.json", R"({"schema_version": 1, "name": "big", "matrices": [{"name": "m", "axes": {)"
+                        R"("batch": )" + ten + R"(, "nheads": )" + ten + R"(, "head_dim": )" + ten +
+                        R"(, "seqlen_q": )" + ten + R"(, "seqlen_k": )" + ten +
+                        R"(, "dropout": [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],)"
+                        R"( "softcap": )" + ten + R"(, "scale": )" + ten + "}}]}");
+  check_error(run_cli("verify --backend cpu --suite s.json --list", d.dir()), 2,
+              "expands to 100000000 cases");
+}
+
 #endif  // FLASHPLUS_CLI_PATH
