@@ -92,6 +92,7 @@ int run_autotune(const AutotuneArgs& a) {
   table.device = dev.name;
   table.fingerprint = fp;
   table.git_revision = git_revision();
+  TunedTable mine;  // only the keys this run tuned
 
   WorkloadFilter f;
   f.max_seqlen = a.max_seqlen;
@@ -237,6 +238,20 @@ int run_autotune(const AutotuneArgs& a) {
     e.workload = case_shape(tc);
     table.set(key, e);
     table.created = utc_now_iso();
+    mine.set(key, e);
+    // Another autotune may have written the table since we read it: merge our keys over what is
+    // on disk now, so its keys are kept (the window left is the moment between this re-read
+    // and the rename; docs/CONFIGS.md).
+    if (fs::exists(a.out, ec)) {
+      TunedTable now;
+      if (TunedTable::load(a.out, &now).ok() && now.fingerprint == fp) {
+        now.merge(mine);
+        now.device = table.device;
+        now.git_revision = table.git_revision;
+        now.created = table.created;
+        table = now;
+      }
+    }
     // After every key, so an interrupted run keeps it; through file_io.h as every CLI output
     // (atomic rename, symlinks followed, a device written through).
     write_file_atomic(a.out, table.dump());
