@@ -119,7 +119,7 @@ TEST_CASE("nan: NaN in one key reaches exactly the rows that see it (causal)", "
   CHECK(p.row_finite(p.dq, p.sq - 1, 1));
 }
 
-TEST_CASE("nan: a NaN ALiBi slope makes its head NaN; a NaN in v reaches out, not lse", "[nan]") {
+TEST_CASE("nan: a NaN ALiBi slope makes its head NaN, a NaN in v reaches out but not lse", "[nan]") {
   Problem p;
   p.slopes[0] = kNaN;
   REQUIRE(p.fwd(false, true).ok());
