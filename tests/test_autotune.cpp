@@ -247,6 +247,31 @@ TEST_CASE("autotune: Ctrl-C keeps the keys already finished", "[autotune][cli]")
 }
 #endif
 
+#ifdef FLASHPLUS_CLI_PATH
+TEST_CASE("autotune: keys another run wrote meanwhile are kept (issue 17)", "[autotune][cli]") {
+  Tmp t("autotune_merge");
+  const std::string fp = backend_fingerprint(Backend::cpu);
+  const std::string cfg = t.write("tiny.json", tiny_model());
+  const std::string out = t.file("table.json");
+  // The other run's table, put in place while this one is tuning its first key (9 candidates
+  // of >= 0.1 s each): this run read no table at its start, and must not drop that key.
+  t.write("other.json", table_json(fp, "cpu/bf16/d128/none/fwd/r12", 64, 64));
+  const std::string script =
+      "'" + std::string(FLASHPLUS_CLI_PATH) + "' autotune --config '" + cfg +
+      "' --backend cpu --mode fwd --min-time 0.1 --max-time 0.1 --out '" + out + "' >/dev/null "
+      "2>'" + t.file("err") + "' & pid=$!; sleep 0.3; cp '" + t.file("other.json") + "' '" + out +
+      "'; wait $pid; echo $? > '" + t.file("rc") + "'";
+  const std::string sh = t.write("merge.sh", script + "\n");
+  REQUIRE(std::system(("bash '" + sh + "'").c_str()) == 0);
+  INFO(t.read("err"));
+  REQUIRE(std::stoi(t.read("rc")) == 0);
+  TunedTable tt;
+  REQUIRE(TunedTable::load(out, &tt).ok());
+  CHECK(tt.entries().count("cpu/bf16/d128/none/fwd/r12") == 1);  // the other run's key
+  CHECK(tt.entries().count("cpu/fp32/d32/causal/fwd/r12") == 1);  // this run's
+}
+#endif
+
 TEST_CASE("verify: an override for a backward case reaches the backward, not its forward",
           "[autotune]") {
   // On a GPU a backward tile need not exist as a forward tile; the check that autotune runs

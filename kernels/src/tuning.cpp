@@ -180,10 +180,20 @@ Status TunedTable::parse(const std::string& text, const std::string& origin, Tun
 Status TunedTable::load(const std::string& path, TunedTable* out) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return Status::Invalid(fmt::format("{}: cannot open", path));
-  std::stringstream ss;
-  ss << f.rdbuf();
+  // Bounded: /dev/zero or a runaway file as FLASHPLUS_TUNED_TABLE must not be read until memory
+  // runs out (it is loaded by every command). Real tables are a few KB.
+  constexpr size_t kMaxTableBytes = size_t{16} << 20;
+  std::string text;
+  char buf[1 << 16];
+  while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(f.gcount()));
+    if (text.size() > kMaxTableBytes)
+      return Status::Invalid(fmt::format(
+          "{}: more than {} bytes, not a tuned table (a stream that never ends?)", path,
+          kMaxTableBytes));
+  }
   if (f.bad()) return Status::Invalid(fmt::format("{}: read error", path));
-  return parse(ss.str(), path, out);
+  return parse(text, path, out);
 }
 
 std::string TunedTable::dump() const {
@@ -225,8 +235,9 @@ Status TunedTable::save(const std::string& path) const {
   }
   fs::rename(tmp, target, ec);
   if (ec) {
+    const std::string why = ec.message();  // before fs::remove overwrites ec
     fs::remove(tmp, ec);
-    return Status::Runtime(fmt::format("{}: rename failed: {}", path, ec.message()));
+    return Status::Runtime(fmt::format("{}: rename failed: {}", path, why));
   }
   return Status::Ok();
 }
