@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-cuda}
 out=${2:-$build/kv_trace}
 lib=$build/kernels/libflashplus.a
-[ -f "$lib" ] || { echo "no $lib: build the CUDA library first (README)" >&2; exit 2; }
+# The trick needs the static archive: configure build-cuda with -DFLASHPLUS_SHARED=OFF.
+[ -f "$lib" ] || { echo "no $lib: build the CUDA library with -DFLASHPLUS_SHARED=OFF first" >&2; exit 2; }
 arch=$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' "$build/CMakeCache.txt" | tr ';' ' ')
 gen=()
 for a in ${arch:-90a-real}; do

@@ -1,5 +1,6 @@
 #include "flashplus/tuning.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -280,8 +281,30 @@ struct Active {
 std::mutex g_mu;
 std::map<std::string, Active> g_active;  // by fingerprint
 
+// The folder of the loaded libflashplus (of the executable, when linked statically): found from
+// the address of a function of ours, so it is right inside any host process (python).
+fs::path library_dir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<const void*>(&library_dir), &info) == 0 || info.dli_fname == nullptr ||
+      *info.dli_fname == '\0')
+    return {};
+  std::error_code ec;
+  const fs::path lib = fs::canonical(info.dli_fname, ec);
+  return ec ? fs::path() : lib.parent_path();
+}
+
 std::vector<fs::path> candidate_dirs() {
   std::vector<fs::path> dirs;
+  // Installed (cmake --install, or a wheel's flashplus/lib + flashplus/share): relative to the
+  // library. Then the build tree (build/kernels/libflashplus.so -> ../../configs/tuned).
+  if (const fs::path lib = library_dir(); !lib.empty()) {
+#ifdef FLASHPLUS_LIB_TO_TUNED_DIR
+    dirs.push_back(lib / FLASHPLUS_LIB_TO_TUNED_DIR);
+#endif
+    dirs.push_back(lib / "../share/flashplus/tuned");
+    dirs.push_back(lib / "../../configs/tuned");
+  }
+  // Relative to the executable: build trees and a CLI binary unpacked next to configs/.
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
@@ -290,9 +313,6 @@ std::vector<fs::path> candidate_dirs() {
     dirs.push_back(d / "../../configs/tuned");
     dirs.push_back(d / "../share/flashplus/tuned");
   }
-#ifdef FLASHPLUS_INSTALL_TUNED_DIR
-  dirs.emplace_back(FLASHPLUS_INSTALL_TUNED_DIR);
-#endif
   return dirs;
 }
 

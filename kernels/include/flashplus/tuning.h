@@ -126,8 +126,9 @@ std::string device_fingerprint(const DeviceDesc& d);
 std::string backend_fingerprint(Backend b);
 
 // ---- the table in use ----------------------------------------------------------------------
-// Loaded once per process from $FLASHPLUS_TUNED_TABLE, else configs/tuned/<fingerprint>.json
-// next to the executable (../configs, ../../configs) or under the install prefix. Returns
+// Loaded once per process from $FLASHPLUS_TUNED_TABLE, else <fingerprint>.json relative to the
+// loaded library (<libdir>/../share/flashplus/tuned, the build tree), else relative to the
+// executable (docs/TUNING.md). Returns
 // nullptr when no usable table exists (the heuristics are used).
 const TunedTable* active_table(const std::string& fingerprint);
 // Where the active table came from, or why none is used ("none: ..."), for `flashplus info`.
