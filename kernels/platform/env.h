@@ -25,10 +25,17 @@ inline bool gpu_fallback() {
   return v;
 }
 
-// FLASHPLUS_GPU_FWD_SM90=0: the forward never takes the Hopper (wgmma) family, so an sm_90 device
-// runs the mma.sync family (what sm_80 runs; its tables in docs/PERF.md). Default on.
-inline bool gpu_fwd_sm90() {
-  static const bool v = detail::flag("FLASHPLUS_GPU_FWD_SM90", true);
+// FLASHPLUS_GPU_FWD_SM90: 0 = the forward never takes the Hopper (wgmma) family, so an sm_90
+// device runs the mma.sync family (what sm_80 runs; its tables in docs/PERF.md); 1 (default) =
+// the default configuration and the family's own tiles (num_warps 12) run it; 2 = every forward
+// call it can take runs it, whatever tile the tuned table or the heuristics named (to verify the
+// family on a suite's small shapes too).
+inline int gpu_fwd_sm90_mode() {
+  static const int v = [] {
+    const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90");
+    if (e == nullptr || e[0] == '\0') return 1;
+    return e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
+  }();
   return v;
 }
 
