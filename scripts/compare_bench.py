@@ -33,10 +33,11 @@ def case_name(c):
         batch=c.get("batch", "?"), sq=c.get("seqlen_q", "?"), sk=c.get("seqlen_k", "?"),
         h=c.get("nheads", "?"), hk=c.get("nheads_k", "?"), d=c.get("head_dim", "?"),
         mask=c.get("mask", "?"))
-    if kind != "prefill":
+    # bench's decode rows already carry "decode pageP splitsS" in their mask label.
+    if kind != "prefill" and kind not in str(c.get("mask", "")):
         name += " " + kind
-    if kind == "decode":
-        name += " page{} splits{}".format(w.get("page_size", 0), w.get("num_splits", 0))
+        if kind == "decode":
+            name += " page{} splits{}".format(w.get("page_size", 0), w.get("num_splits", 0))
     if kind == "varlen" and w.get("seqlens"):
         lens = w["seqlens"]
         name += " seqs{}:{}".format(len(lens), sum(int(x) for x in lens))
