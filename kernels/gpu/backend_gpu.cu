@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -169,15 +171,40 @@ std::vector<KernelConfig> tc_configs(Pass pass, int head_dim) {
   return pass == Pass::fwd ? fwd_tc_configs(head_dim) : bwd_tc_configs(head_dim);
 }
 
-// The tile to try first: the tuned table's entry for this kernel key, else the heuristic.
+// The tile to try first: the tuned table's entry for this kernel key, else the heuristic. An entry
+// whose tile this build did not compile (tc_configs: a stale or foreign table) is a warning and
+// the heuristic (flashplus::choose_config).
 KernelConfig pick_config(const AttnParams& p, const Device& dev, Pass pass) {
   const TuneKey key = tune_key_of(p, dev.desc.arch, pass == Pass::fwd ? "fwd" : "bwd");
-  return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass));
+  const auto compiled = [&](const KernelConfig& e) {
+    if (is_default(e)) return true;
+    // The compiled tiles per (device, pass, head-dim bucket), listed once (asked only when the
+    // table has an entry for the call's key).
+    static std::mutex mu;
+    static std::map<std::tuple<int, int, int>, std::vector<KernelConfig>> lists;
+    std::vector<KernelConfig> tiles;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      const auto k = std::make_tuple(p.device_index, static_cast<int>(pass),
+                                     flashplus::head_dim_bucket(p.head_dim));
+      auto it = lists.find(k);
+      if (it == lists.end()) it = lists.emplace(k, tc_configs(pass, p.head_dim)).first;
+      tiles = it->second;
+    }
+    for (const KernelConfig& c : tiles)
+      if (c.block_m == e.block_m && c.block_n == e.block_n && c.num_warps == e.num_warps &&
+          (c.stages == 0 || e.stages == 0 || c.stages == e.stages))
+        return true;
+    return false;
+  };
+  return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass),
+                                  compiled);
 }
 
-// Run the tensor-core family with the chosen configuration; on no_instance retry its default
-// configuration, then the portable fallback. An explicit RunOptions::config_override is run as
-// given (no_instance when it is not compiled), so autotune measures exactly what it asked for.
+// Run the tensor-core family with the chosen configuration; on no_instance (a tile that does not
+// take this call) retry its default configuration, then the portable fallback. An explicit
+// RunOptions::config_override is run as given (no_instance when it is not compiled), so autotune
+// measures exactly what it asked for.
 template <class Tc, class Fb>
 Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
                   const Device& dev, Pass pass, Tc tc, Fb fb) {
