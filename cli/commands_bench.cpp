@@ -140,7 +140,9 @@ int run_bench(const BenchArgs& a) {
              peaks.measured ? fmt::format("matmul {:.4g} TFLOP/s, copy {:.4g} GB/s",
                                           peaks.matmul_tflops, peaks.copy_gbs)
                             : peaks.source);
-  fmt::print("tuned table: {}\n", active_table_source(fp));
+  const std::string match = active_table_match(fp);
+  fmt::print("tuned table: {}{}\n", active_table_source(fp),
+             match.empty() ? "" : " [" + match + "]");
   fmt::print(
       "median of >= {} samples after {} warm-up call(s), stop at noise <= {:g}% after {:g} s or at "
       "{:g} s; TFLOP/s over visible (unmasked) pairs only, cli/flops.h\n",
@@ -295,6 +297,7 @@ int run_bench(const BenchArgs& a) {
           {"memory_bytes", dev.memory_bytes},
           {"fingerprint", fp},
           {"tuned_table", active_table_source(fp)},
+          {"tuned_table_match", active_table_match(fp)},
           {"peaks",
            {{"measured", peaks.measured},
             {"matmul_tflops", peaks.measured ? json(peaks.matmul_tflops) : json(nullptr)},
