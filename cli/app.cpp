@@ -1,7 +1,9 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "commands.h"
 #include "common.h"
@@ -48,8 +50,16 @@ int main_entry(int argc, char** argv) {
     return e.exit_code();
   }
   if (!action) return kExitUsage;
+  // What a command printed must have reached stdout: a closed or full stdout (`>&-`,
+  // `>/dev/full`) is a failure, not exit 0 with the results lost.
+  auto stdout_ok = [](int rc) {
+    if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return rc;
+    const int e = errno;
+    std::fprintf(stderr, "flashplus: error: cannot write to stdout: %s\n", std::strerror(e));
+    return rc == kExitOk ? static_cast<int>(kExitRuntime) : rc;
+  };
   try {
-    return action();
+    return stdout_ok(action());
   } catch (const Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "flashplus: error: %s\n", e.what());

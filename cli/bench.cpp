@@ -1,4 +1,5 @@
 #include "bench.h"
+#include "file_io.h"
 #include "git_revision.h"
 
 #include <fmt/format.h>
@@ -22,6 +23,7 @@
 #include "flashplus/numerics.h"
 #include "flashplus/runtime.h"
 #include "flops.h"
+#include "json_check.h"
 #include "verify.h"  // random_normal
 
 namespace flashplus::cli {
@@ -191,6 +193,11 @@ void check_timing(const BenchSettings& s, Backend be) {
         "--timing {} needs a GPU backend: the CPU backend runs each call on the host, so "
         "there is no launch to hide and no device cache to clear (use --timing call)",
         s.timing));
+  // Finite limits only (the flags' validators refuse NaN and inf too): NaN passes every
+  // comparison, so `--max-time nan` would never end the sampling loop.
+  if (!std::isfinite(s.max_time_s) || !std::isfinite(s.min_time_s) ||
+      !std::isfinite(s.max_noise) || s.max_time_s < 0 || s.min_time_s < 0 || s.max_noise < 0)
+    throw usage_error("--min-time, --max-time and --max-noise must be finite numbers >= 0");
   if (!(s.delay_us >= 0) || s.delay_us > 1e6)
     throw usage_error("--timing-delay: 0 to 1e6 microseconds");
 }
@@ -587,12 +594,19 @@ std::string peaks_cache_path() {
 namespace {
 
 json read_peaks_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return json::object();
-  std::stringstream ss;
-  ss << f.rdbuf();
-  json j = json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("devices") || !j["devices"].is_object())
+  std::string text;
+  try {
+    text = read_file_bounded(path, kMaxJsonBytes);  // a cache: anything unreadable is ignored
+  } catch (const Error&) {
+    return json::object();
+  }
+  json j;
+  try {
+    j = JsonChecker(path).parse_text(text);  // bounded nesting: it is dumped again when updated
+  } catch (const Error&) {
+    return json::object();
+  }
+  if ( !j.is_object() || !j.contains("devices") || !j["devices"].is_object())
     return json::object();
   return j;
 }
@@ -684,27 +698,6 @@ DeviceDesc backend_device(Backend be) {
   for (const DeviceDesc& d : list_devices())
     if (d.backend == be) return d;
   throw runtime_error(fmt::format("the {} backend has no device", backend_name(be)));
-}
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + fmt::format(".tmp.{}", static_cast<long>(::getpid()));
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw usage_error(fmt::format("{}: cannot write", tmp));
-    f << text;
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw runtime_error(fmt::format("{}: write failed", tmp));
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw runtime_error(fmt::format("{}: rename failed: {}", path, ec.message()));
-  }
 }
 
 }  // namespace flashplus::cli

@@ -142,7 +142,6 @@ std::string git_revision();      // configure-time `git rev-parse --short HEAD`,
 std::string compiler_id();       // "gcc 12.2.0" / __VERSION__
 // The first device of `be` (throws when there is none).
 DeviceDesc backend_device(Backend be);
-// Writes `text` to `path` atomically (temp file in the same folder, then rename).
-void write_file_atomic(const std::string& path, const std::string& text);
+// Files are written through file_io.h (write_file_atomic, FileSet).
 
 }  // namespace flashplus::cli

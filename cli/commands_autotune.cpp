@@ -18,7 +18,7 @@
 #include "config.h"
 #include "flashplus/runtime.h"
 #include "flashplus/tuning.h"
-#include "npy.h"  // check_output_dir
+#include "file_io.h"
 #include "verify.h"
 
 namespace flashplus::cli {
@@ -75,7 +75,8 @@ int run_autotune(const AutotuneArgs& a) {
   const Backend be = resolve_backend(a.backend);
   const DeviceDesc dev = backend_device(be);
   const std::string fp = device_fingerprint(dev);
-  check_output_dir(a.out);
+  // Before tuning, not after minutes of it: the table's directory must take a new file.
+  check_output_writable(a.out);
 
   // The existing table is kept and merged into; a table we cannot read is never overwritten.
   TunedTable table;
@@ -91,6 +92,7 @@ int run_autotune(const AutotuneArgs& a) {
   table.device = dev.name;
   table.fingerprint = fp;
   table.git_revision = git_revision();
+  TunedTable mine;  // only the keys this run tuned
 
   WorkloadFilter f;
   f.max_seqlen = a.max_seqlen;
@@ -236,7 +238,23 @@ int run_autotune(const AutotuneArgs& a) {
     e.workload = case_shape(tc);
     table.set(key, e);
     table.created = utc_now_iso();
-    throw_if_error(table.save(a.out));  // after every key: an interrupted run keeps it
+    mine.set(key, e);
+    // Another autotune may have written the table since we read it: merge our keys over what is
+    // on disk now, so its keys are kept (the window left is the moment between this re-read
+    // and the rename; docs/CONFIGS.md).
+    if (fs::exists(a.out, ec)) {
+      TunedTable now;
+      if (TunedTable::load(a.out, &now).ok() && now.fingerprint == fp) {
+        now.merge(mine);
+        now.device = table.device;
+        now.git_revision = table.git_revision;
+        now.created = table.created;
+        table = now;
+      }
+    }
+    // After every key, so an interrupted run keeps it; through file_io.h as every CLI output
+    // (atomic rename, symlinks followed, a device written through).
+    write_file_atomic(a.out, table.dump());
     ++keys_done;
     summary.push_back(fmt::format("{:<28} {:<14} {:>10.4f} ms   runner-up {:<14} {}", name,
                                   e.config.to_string(), e.time_ms,

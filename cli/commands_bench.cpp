@@ -15,7 +15,7 @@
 #include "config.h"
 #include "flashplus/runtime.h"
 #include "flashplus/tuning.h"
-#include "npy.h"  // check_output_dir
+#include "file_io.h"
 
 namespace flashplus::cli {
 namespace {
@@ -94,6 +94,7 @@ int run_bench(const BenchArgs& a) {
   check_timing(a.s, be);
   const DeviceDesc dev = backend_device(be);
   const std::string fp = device_fingerprint(dev);
+  check_distinct_outputs({{"--json", a.json_out}, {"--csv", a.csv_out}});
   if (!a.json_out.empty()) check_output_dir(a.json_out);
   if (!a.csv_out.empty()) check_output_dir(a.csv_out);
 
@@ -139,7 +140,9 @@ int run_bench(const BenchArgs& a) {
              peaks.measured ? fmt::format("matmul {:.4g} TFLOP/s, copy {:.4g} GB/s",
                                           peaks.matmul_tflops, peaks.copy_gbs)
                             : peaks.source);
-  fmt::print("tuned table: {}\n", active_table_source(fp));
+  const std::string match = active_table_match(fp);
+  fmt::print("tuned table: {}{}\n", active_table_source(fp),
+             match.empty() ? "" : " [" + match + "]");
   fmt::print(
       "median of >= {} samples after {} warm-up call(s), stop at noise <= {:g}% after {:g} s or at "
       "{:g} s; TFLOP/s over visible (unmasked) pairs only, cli/flops.h\n",
@@ -258,6 +261,7 @@ int run_bench(const BenchArgs& a) {
                        peaks.measured ? fmt::format("{:.4g}", gbs / peaks.copy_gbs) : "", csv_meta);
   }
 
+  FileSet outputs;
   if (!a.json_out.empty()) {
     json j = {
         {"schema_version", 1},
@@ -293,6 +297,7 @@ int run_bench(const BenchArgs& a) {
           {"memory_bytes", dev.memory_bytes},
           {"fingerprint", fp},
           {"tuned_table", active_table_source(fp)},
+          {"tuned_table_match", active_table_match(fp)},
           {"peaks",
            {{"measured", peaks.measured},
             {"matmul_tflops", peaks.measured ? json(peaks.matmul_tflops) : json(nullptr)},
@@ -300,13 +305,13 @@ int run_bench(const BenchArgs& a) {
             {"date", peaks.date},
             {"source", peaks.source}}}}},
         {"cases", jcases}};
-    write_file_atomic(a.json_out, j.dump(2) + "\n");
-    fmt::print(stderr, "wrote {}\n", a.json_out);
+    outputs.stage(a.json_out, j.dump(2) + "\n");
   }
-  if (!a.csv_out.empty()) {
-    write_file_atomic(a.csv_out, csv);
-    fmt::print(stderr, "wrote {}\n", a.csv_out);
-  }
+  if (!a.csv_out.empty()) outputs.stage(a.csv_out, csv);
+  // --json and --csv together or neither: a failed write leaves no half of the results.
+  outputs.commit();
+  for (const std::string* o : {&a.json_out, &a.csv_out})
+    if (!o->empty()) fmt::print(stderr, "wrote {}\n", *o);
   return kExitOk;
 }
 

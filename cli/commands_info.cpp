@@ -40,7 +40,9 @@ void register_info(CLI::App& app, Action& action) {
       for (Backend b : compiled_backends()) {
         const std::string fp = backend_fingerprint(b);
         if (fp.empty()) continue;
-        fmt::print("tuned table [{}] ({}): {}\n", backend_name(b), fp, active_table_source(fp));
+        const std::string match = active_table_match(fp);
+        fmt::print("tuned table [{}] ({}): {}{}\n", backend_name(b), fp, active_table_source(fp),
+                   match.empty() ? "" : " [" + match + "]");
       }
       std::string dirs;
       for (const auto& d : config_dirs()) dirs += (dirs.empty() ? "" : ", ") + d;

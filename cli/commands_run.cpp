@@ -222,8 +222,9 @@ int run_configs(const RunArgs& a) {
     const TensorView lv = TensorView::contiguous(lse.get(), DType::f32, {B, H, S}, dk);
     const auto scale = static_cast<float>(m.softmax_scale);
     const auto cap = static_cast<float>(m.softcap);
+    const auto p_drop = static_cast<float>(m.dropout);  // as labelled ("+dropout0.1") and as bench
     auto fwd = [&] {
-      throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, 0.f, scale, m.causal, m.window_left,
+      throw_if_error(mha_fwd(qv, kv, vv, ov, lv, alibi, p_drop, scale, m.causal, m.window_left,
                              m.window_right, cap, false, ro));
     };
     double ms = 0;
@@ -241,7 +242,7 @@ int run_configs(const RunArgs& a) {
       auto bwd = [&] {
         throw_if_error(mha_bwd(dov, qv, kv, vv, ov, lv, view4(dq, w.dtype, B, S, H, D, dk),
                                view4(dkb, w.dtype, B, S, HK, D, dk),
-                               view4(dvb, w.dtype, B, S, HK, D, dk), alibi, 0.f, scale, m.causal,
+                               view4(dvb, w.dtype, B, S, HK, D, dk), alibi, p_drop, scale, m.causal,
                                m.window_left, m.window_right, cap, false, std::nullopt, ro));
       };
       for (int i = 0; i < warmup; ++i) bwd();
@@ -430,16 +431,16 @@ void check_npy_flags(const RunArgs& a) {
     throw usage_error(fmt::format("--dropout must be in [0, 1), got {}", a.dropout));
   if (bwd && (a.dout.empty() || a.dq.empty() || a.dk.empty() || a.dv.empty()))
     throw usage_error("the backward needs all of --dout, --dq, --dk and --dv");
-  // Outputs: distinct, in existing directories -- checked before any work is done.
-  std::vector<std::string> outs = {a.out};
-  for (const std::string* o : {&a.lse, &a.dq, &a.dk, &a.dv, &a.k_cache_out, &a.v_cache_out})
-    if (!o->empty()) outs.push_back(*o);
-  std::set<std::string> seen;
-  for (const auto& o : outs) {
-    if (!seen.insert(o).second)
-      throw usage_error(fmt::format("{}: given as two different outputs", o));
-    check_output_dir(o);
-  }
+  // Outputs: distinct files (by identity: "o.npy" and "./o.npy", a symlink or a hard link to
+  // the same file collide), in existing directories -- checked before any work is done.
+  const std::vector<std::pair<std::string, std::string>> outs = {
+      {"--out", a.out},         {"--lse", a.lse},
+      {"--dq", a.dq},           {"--dk", a.dk},
+      {"--dv", a.dv},           {"--k-cache-out", a.k_cache_out},
+      {"--v-cache-out", a.v_cache_out}, {"--s-dmask", a.s_dmask}};
+  check_distinct_outputs(outs);
+  for (const auto& o : outs)
+    if (!o.second.empty()) check_output_dir(o.second);
 }
 
 NpyCommon npy_common(const RunArgs& a) {
@@ -671,6 +672,12 @@ int run_npy_kvcache(const RunArgs& a) {
   if (!a.block_table.empty()) {
     table = read_index(a.block_table, "--block-table", 2, B,
                        fmt::format("({}, max_blocks_per_seq)", B).c_str());
+    // The page count below divides by the page size: refuse 0 before (the library would too).
+    if (C1 <= 0)
+      throw usage_error(fmt::format(
+          "{}: a paged k_cache (num_blocks, page_block_size, nheads_k, headdim) needs "
+          "page_block_size >= 1, got shape {}",
+          a.k_cache, kc.shape_str()));
     capacity = table->shape[1] * C1;
   }
   if (!a.cache_seqlens.empty())
@@ -904,10 +911,12 @@ void register_run(CLI::App& app, Action& action) {
   auto* o_drop = g5->add_option("--dropout", a->dropout,
                                 "Dropout probability P in [0, 1) (lse is computed before dropout)");
   auto* o_seed =
-      g5->add_option("--seed", a->seed, "Dropout Philox key (RunOptions::dropout_seed; default 0)");
+      g5->add_option("--seed", a->seed, "Dropout Philox key (RunOptions::dropout_seed; default 0)")
+          ->check(unsigned_integer());
   auto* o_off = g5->add_option("--dropout-offset", a->dropout_offset,
                                "Dropout Philox counter offset (RunOptions::dropout_offset; "
-                               "default 0)");
+                               "default 0)")
+                   ->check(unsigned_integer());
   g5->add_option("--s-dmask", a->s_dmask,
                  "return_softmax: write S_dmask here, (batch, nheads, round128(seqlen_q), "
                  "round128(seqlen_k)): P = exp(z - lse), negative where dropped, 0 where masked")

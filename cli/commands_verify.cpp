@@ -216,7 +216,7 @@ void register_verify(CLI::App& app, Action& action) {
   sub->add_option("--json", a->json_path, "Also write a JSON report (meta, summary, every case)")
       ->type_name("REPORT");
   sub->add_option("--seed", a->seed, "Base seed of the random inputs (default: the suite's)")
-      ->check(non_negative());
+      ->check(unsigned_integer());
   sub->add_option("--filter", a->filters,
                   "Run only cases whose name contains SUBSTR (repeatable: any)")
       ->type_name("SUBSTR");

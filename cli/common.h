@@ -63,6 +63,8 @@ class Validator;
 namespace flashplus::cli {
 const CLI::Validator& non_negative();
 const CLI::Validator& positive();
+// A decimal integer in [0, 2^64 - 1] (seeds, offsets): no sign, exponent or fraction.
+const CLI::Validator& unsigned_integer();
 
 // Resolves "auto" and checks the backend was compiled in; throws a usage error otherwise.
 Backend resolve_backend(const std::string& name);

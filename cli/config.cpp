@@ -111,7 +111,7 @@ ModelConfig parse_model_config(const JsonChecker& c, const json& j, const std::s
     for (size_t i = 0; i < shapes.size(); ++i) {
       const std::string k = JsonChecker::index("decode.shapes", i);
       if (!shapes[i].is_array() || shapes[i].size() != 2)
-        c.fail(k, fmt::format("expected [batch, cache_len], got {}", shapes[i].dump()));
+        c.fail(k, fmt::format("expected [batch, cache_len], got {}", JsonChecker::preview(shapes[i])));
       const std::pair<int, int> bs{c.to_int(shapes[i][0], JsonChecker::index(k, 0), 1, 1 << 16),
                                    c.to_int(shapes[i][1], JsonChecker::index(k, 1), 0, 1 << 24)};
       if (std::find(m.decode_shapes.begin(), m.decode_shapes.end(), bs) != m.decode_shapes.end())

@@ -4,21 +4,43 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+
+#include "file_io.h"
 
 namespace flashplus::cli {
 
-json JsonChecker::load() const {
-  std::error_code ec;
-  if (!std::filesystem::exists(file_, ec)) throw usage_error(file_ + ": no such file");
-  std::ifstream f(file_);
-  if (!f) throw usage_error(file_ + ": cannot open");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  const std::string text = ss.str();
+json JsonChecker::load() const { return parse_text(read_file_bounded(file_, kMaxJsonBytes)); }
+
+json JsonChecker::parse_text(const std::string& text) const {
+  // A NUL would end the text for some readers and not others: what follows it is not ignored.
+  if (const size_t nul = text.find('\0'); nul != std::string::npos)
+    fail_file(fmt::format("contains a NUL byte at offset {}; not a JSON text file", nul));
+  // Strict reading while parsing: nesting is bounded (deep values would exhaust the stack of
+  // anything that walks them recursively), and a key given twice in one object is refused
+  // (nlohmann keeps the last silently: a typo'd copy would override the real value).
+  std::vector<std::set<std::string>> keys;
+  auto strict = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
+    if (depth > kMaxJsonDepth)
+      fail_file(fmt::format("nested deeper than {} levels", kMaxJsonDepth));
+    switch (event) {
+      case json::parse_event_t::object_start:
+        keys.emplace_back();
+        break;
+      case json::parse_event_t::object_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
+      case json::parse_event_t::key:
+        if (!keys.empty() && !keys.back().insert(parsed.get<std::string>()).second)
+          fail_file(fmt::format("key '{}' appears twice in the same object",
+                                parsed.get<std::string>()));
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
   try {
-    return json::parse(text);
+    return json::parse(text, strict);
   } catch (const json::parse_error& e) {
     // Translate the byte offset into line:column, which is what an editor shows.
     size_t line = 1, col = 1;
@@ -34,7 +56,59 @@ json JsonChecker::load() const {
     const auto pos = what.find("syntax error");
     if (pos != std::string::npos) what = what.substr(pos);
     throw usage_error(fmt::format("{}:{}:{}: invalid JSON: {}", file_, line, col, what));
+  } catch (const json::exception& e) {
+    // Everything else nlohmann throws while parsing, e.g. out_of_range 406 for 1e400: the
+    // message without its "[json.exception.out_of_range.406] " prefix, with the file.
+    std::string what = e.what();
+    if (what.rfind("[json.exception.", 0) == 0) {
+      const auto end = what.find("] ");
+      if (end != std::string::npos) what = what.substr(end + 2);
+    }
+    throw usage_error(fmt::format("{}: invalid JSON: {}", file_, what));
   }
+}
+
+std::string JsonChecker::preview(const json& j) {
+  // Bounded in depth and length: a value nested 100k levels deep must not be walked
+  // recursively just to print an error.
+  std::string out;
+  constexpr size_t kMax = 60;
+  auto put = [&](auto&& self, const json& v, int depth) -> void {
+    if (out.size() > kMax) return;
+    if (v.is_array()) {
+      if (depth >= 2) {
+        out += v.empty() ? "[]" : "[...]";
+        return;
+      }
+      out += '[';
+      size_t i = 0;
+      for (const auto& e : v) {
+        if (out.size() > kMax) break;
+        if (i++) out += ", ";
+        self(self, e, depth + 1);
+      }
+      out += ']';
+    } else if (v.is_object()) {
+      if (depth >= 2) {
+        out += v.empty() ? "{}" : "{...}";
+        return;
+      }
+      out += '{';
+      size_t i = 0;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (out.size() > kMax) break;
+        if (i++) out += ", ";
+        out += json(it.key()).dump() + ": ";
+        self(self, it.value(), depth + 1);
+      }
+      out += '}';
+    } else {
+      out += v.dump();
+    }
+  };
+  put(put, j, 0);
+  if (out.size() > kMax) out = out.substr(0, kMax) + "...";
+  return out;
 }
 
 void JsonChecker::fail(const std::string& key, const std::string& reason) const {
@@ -73,7 +147,7 @@ void JsonChecker::check_keys(const json& obj, const std::string& where,
 
 int JsonChecker::to_int(const json& j, const std::string& key, long long lo, long long hi) const {
   if (!j.is_number_integer())
-    fail(key, fmt::format("expected an integer, got {} {}", j.type_name(), j.dump()));
+    fail(key, fmt::format("expected an integer, got {} {}", j.type_name(), preview(j)));
   const long long v = j.get<long long>();
   if (v < lo || v > hi) fail(key, fmt::format("{} is out of range [{}, {}]", v, lo, hi));
   return static_cast<int>(v);
@@ -81,7 +155,7 @@ int JsonChecker::to_int(const json& j, const std::string& key, long long lo, lon
 
 double JsonChecker::to_number(const json& j, const std::string& key, double lo, double hi) const {
   if (!j.is_number())
-    fail(key, fmt::format("expected a number, got {} {}", j.type_name(), j.dump()));
+    fail(key, fmt::format("expected a number, got {} {}", j.type_name(), preview(j)));
   const double v = j.get<double>();
   if (!std::isfinite(v) || v < lo || v > hi)
     fail(key, fmt::format("{} is out of range [{}, {}]", v, lo, hi));
@@ -89,13 +163,13 @@ double JsonChecker::to_number(const json& j, const std::string& key, double lo, 
 }
 
 bool JsonChecker::to_bool(const json& j, const std::string& key) const {
-  if (!j.is_boolean()) fail(key, fmt::format("expected true or false, got {}", j.dump()));
+  if (!j.is_boolean()) fail(key, fmt::format("expected true or false, got {}", preview(j)));
   return j.get<bool>();
 }
 
 std::string JsonChecker::to_string(const json& j, const std::string& key) const {
   if (!j.is_string())
-    fail(key, fmt::format("expected a string, got {} {}", j.type_name(), j.dump()));
+    fail(key, fmt::format("expected a string, got {} {}", j.type_name(), preview(j)));
   return j.get<std::string>();
 }
 
@@ -121,7 +195,7 @@ DType JsonChecker::to_dtype(const json& j, const std::string& key) const {
 std::pair<int, int> JsonChecker::to_window(const json& j, const std::string& key) const {
   if (!j.is_array() || j.size() != 2)
     fail(key,
-         fmt::format("expected [left, right] (two integers, -1 = unbounded), got {}", j.dump()));
+         fmt::format("expected [left, right] (two integers, -1 = unbounded), got {}", preview(j)));
   const int l = to_int(j[0], index(key, 0), -1, 1 << 30);
   const int r = to_int(j[1], index(key, 1), -1, 1 << 30);
   return {l, r};
@@ -131,7 +205,7 @@ std::vector<json> JsonChecker::to_list(const json& j, const std::string& key,
                                        bool scalar_ok) const {
   if (!j.is_array()) {
     if (scalar_ok) return {j};
-    fail(key, fmt::format("expected a list, got {} {}", j.type_name(), j.dump()));
+    fail(key, fmt::format("expected a list, got {} {}", j.type_name(), preview(j)));
   }
   if (j.empty()) fail(key, "the list is empty");
   return std::vector<json>(j.begin(), j.end());

@@ -13,13 +13,22 @@ namespace flashplus::cli {
 
 using json = nlohmann::json;
 
+// Deeper nesting is refused while parsing (no config or suite needs more than a few levels).
+constexpr int kMaxJsonDepth = 64;
+
 class JsonChecker {
  public:
   explicit JsonChecker(std::string file) : file_(std::move(file)) {}
   const std::string& file() const { return file_; }
 
-  // Reads and parses the file; syntax errors name the line and column.
+  // Reads (at most kMaxJsonBytes) and parses the file; syntax errors name the line and column.
+  // Refused too: NUL bytes, nesting deeper than kMaxJsonDepth, a key twice in one object, and
+  // numbers that overflow (1e400), each with a message naming the file.
   json load() const;
+  json parse_text(const std::string& text) const;
+
+  // A short rendering of `j` for messages (at most ~60 characters, two levels deep).
+  static std::string preview(const json& j);
 
   // "<file>: key '<key>': <reason>" as a usage error.
   [[noreturn]] void fail(const std::string& key, const std::string& reason) const;

@@ -2,6 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -170,10 +175,17 @@ std::string describe_descr(const std::string& d) {
 
 namespace {
 
-// Parses and validates a .npy image whose dtype must be `want_descr` (4-byte elements); returns the
-// shape and copies the raw little-endian data into `raw` (numel * 4 bytes).
-std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& name,
-                                   const std::string& want_descr, std::vector<uint8_t>* raw) {
+// What the header of a .npy image announces.
+struct NpyHeader {
+  std::vector<int64_t> shape;
+  size_t data_start = 0;  // offset of the first data byte
+  size_t data_bytes = 0;  // numel * 4
+};
+
+// The fixed prefix: magic, version, header length. Returns false when `bytes` is too short to
+// tell the header length yet; throws on a bad magic string or version.
+bool parse_npy_prefix(const std::string& bytes, const std::string& name, size_t* header_start,
+                      size_t* header_len) {
   auto fail = [&](const std::string& why) -> Error {
     return usage_error(fmt::format("{}: {}", name, why));
   };
@@ -181,19 +193,32 @@ std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& 
     throw fail("not a .npy file (bad magic string)");
   const int major = static_cast<unsigned char>(bytes[6]);
   const int minor = static_cast<unsigned char>(bytes[7]);
-  size_t header_len = 0, header_start = 0;
+  *header_len = 0;
   if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) |
-                 (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
-    header_start = 10;
+    *header_len = static_cast<unsigned char>(bytes[8]) |
+                  (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+    *header_start = 10;
   } else if (major == 2 || major == 3) {
-    if (bytes.size() < 12) throw fail("truncated .npy header");
+    if (bytes.size() < 12) return false;
     for (int i = 0; i < 4; ++i)
-      header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
-    header_start = 12;
+      *header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+    *header_start = 12;
   } else {
     throw fail(fmt::format("unsupported .npy format version {}.{}", major, minor));
   }
+  return true;
+}
+
+// Parses and validates the header of a .npy image whose dtype must be `want_descr` (4-byte
+// elements); `bytes` holds at least the whole header.
+NpyHeader parse_npy_header(const std::string& bytes, const std::string& name,
+                           const std::string& want_descr) {
+  auto fail = [&](const std::string& why) -> Error {
+    return usage_error(fmt::format("{}: {}", name, why));
+  };
+  size_t header_len = 0, header_start = 0;
+  if (!parse_npy_prefix(bytes, name, &header_start, &header_len))
+    throw fail("truncated .npy header");
   if (header_start + header_len > bytes.size())
     throw fail(fmt::format("truncated .npy header ({} bytes announced, {} present)", header_len,
                            bytes.size() - header_start));
@@ -213,8 +238,8 @@ std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& 
   };
   const std::string descr = get("descr", HeaderParser::Value::str).s;
   const bool fortran = get("fortran_order", HeaderParser::Value::boolean).b;
-  NpyArray a;
-  a.shape = get("shape", HeaderParser::Value::tuple).t;
+  NpyHeader h;
+  h.shape = get("shape", HeaderParser::Value::tuple).t;
   if (descr != want_descr) {
     if (want_descr == "<i4")
       throw fail(
@@ -226,39 +251,108 @@ std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& 
                     "a.astype(np.float32)",
                     describe_descr(descr)));
   }
-  if (fortran && a.shape.size() > 1)
+  if (fortran && h.shape.size() > 1)
     throw fail(
         "Fortran-order arrays are not supported: expected C order; convert with "
         "np.ascontiguousarray(a)");
   int64_t n = 1;
-  for (int64_t s : a.shape) {
+  for (int64_t s : h.shape) {
     if (s != 0 && n > (int64_t{1} << 40) / s) throw fail("shape too large");
     n *= s;
   }
-  const size_t data_start = header_start + header_len;
-  const size_t want = static_cast<size_t>(n) * 4;
-  const size_t have = bytes.size() - data_start;
-  if (have < want)
-    throw fail(fmt::format("truncated data: shape {} needs {} bytes, file has {}", a.shape_str(),
-                           want, have));
-  if (have > want)
-    throw fail(fmt::format("{} unexpected trailing bytes after the data of shape {}", have - want,
-                           a.shape_str()));
-  raw->resize(want);
-  if (n) std::memcpy(raw->data(), bytes.data() + data_start, want);  // little-endian host
-  return a.shape;
+  h.data_start = header_start + header_len;
+  h.data_bytes = static_cast<size_t>(n) * 4;
+  return h;
 }
 
-std::string read_file_bytes(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw usage_error(fmt::format("{}: no such file", path));
-  if (fs::is_directory(path, ec)) throw usage_error(fmt::format("{}: is a directory", path));
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw usage_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) throw usage_error(fmt::format("{}: read error", path));
-  return ss.str();
+std::string shape_string(const std::vector<int64_t>& shape) {
+  NpyArray tmp;
+  tmp.shape = shape;
+  return tmp.shape_str();
+}
+
+// Parses and validates a .npy image whose dtype must be `want_descr` (4-byte elements); returns the
+// shape and copies the raw little-endian data into `raw` (numel * 4 bytes).
+std::vector<int64_t> parse_npy_raw(const std::string& bytes, const std::string& name,
+                                   const std::string& want_descr, std::vector<uint8_t>* raw) {
+  const NpyHeader h = parse_npy_header(bytes, name, want_descr);
+  const size_t want = h.data_bytes;
+  const size_t have = bytes.size() - h.data_start;
+  if (have < want)
+    throw usage_error(fmt::format("{}: truncated data: shape {} needs {} bytes, file has {}", name,
+                                  shape_string(h.shape), want, have));
+  if (have > want)
+    throw usage_error(fmt::format("{}: {} unexpected trailing bytes after the data of shape {}",
+                                  name, have - want, shape_string(h.shape)));
+  raw->resize(want);
+  if (want) std::memcpy(raw->data(), bytes.data() + h.data_start, want);  // little-endian host
+  return h.shape;
+}
+
+// Physical memory of this machine in bytes (0 when unknown).
+uint64_t physical_memory() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
+
+// The image of a .npy file, read header first: the data is read only once the header is valid,
+// and only as many bytes as it announces (plus one to see the end), so /dev/zero, a stream that
+// never ends, or a header announcing more than the machine's memory is refused before allocating.
+std::string read_npy_image(const std::string& path, const std::string& want_descr) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) throw usage_error(fmt::format("{}: no such file", path));
+    throw usage_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  }
+  if (S_ISDIR(st.st_mode)) throw usage_error(fmt::format("{}: is a directory", path));
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw usage_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::string img;
+  read_exact(fd, 12, &img, path);  // short files are judged by the parser below
+  size_t header_start = 0, header_len = 0;
+  if (img.size() < 10 || !parse_npy_prefix(img, path, &header_start, &header_len))
+    (void)parse_npy_header(img, path, want_descr);  // throws the right message
+  constexpr size_t kMaxHeader = size_t{1} << 20;
+  if (header_len > kMaxHeader)
+    throw usage_error(fmt::format("{}: corrupt .npy header: {} bytes announced (at most {})",
+                                  path, header_len, kMaxHeader));
+  if (header_start + header_len > img.size())
+    read_exact(fd, header_start + header_len - img.size(), &img, path);
+  const NpyHeader h = parse_npy_header(img, path, want_descr);
+  if (img.size() > h.data_start + h.data_bytes)  // the 12 bytes read first reach past the data
+    return img;  // the parser reports the trailing bytes
+  const size_t need = h.data_start + h.data_bytes - img.size();
+  if (S_ISREG(st.st_mode)) {
+    const uint64_t have = static_cast<uint64_t>(st.st_size) - std::min<uint64_t>(
+                                                                  st.st_size, h.data_start);
+    if (have < h.data_bytes)
+      throw usage_error(fmt::format("{}: truncated data: shape {} needs {} bytes, file has {}",
+                                    path, shape_string(h.shape), h.data_bytes, have));
+    if (have > h.data_bytes)
+      throw usage_error(
+          fmt::format("{}: {} unexpected trailing bytes after the data of shape {}", path,
+                      have - h.data_bytes, shape_string(h.shape)));
+  }
+  const uint64_t mem = physical_memory();
+  if (mem && h.data_bytes > mem / 2)
+    throw usage_error(fmt::format("{}: shape {} needs {} bytes, more than half of this machine's "
+                                  "{} bytes of memory",
+                                  path, shape_string(h.shape), h.data_bytes, mem));
+  if (!read_exact(fd, need, &img, path))
+    throw usage_error(fmt::format("{}: truncated data: shape {} needs {} bytes, file has {}", path,
+                                  shape_string(h.shape), h.data_bytes,
+                                  img.size() - h.data_start));
+  std::string extra;
+  read_exact(fd, 1, &extra, path);
+  if (!extra.empty())
+    throw usage_error(fmt::format(
+        "{}: unexpected trailing bytes after the data of shape {} (a stream that never ends?)",
+        path, shape_string(h.shape)));
+  return img;
 }
 
 std::string encode_npy_raw(const void* data, const std::vector<int64_t>& shape, const char* descr) {
@@ -307,7 +401,7 @@ NpyIntArray parse_npy_int32(const std::string& bytes, const std::string& name) {
 }
 
 NpyIntArray read_npy_int32(const std::string& path) {
-  return parse_npy_int32(read_file_bytes(path), path);
+  return parse_npy_int32(read_npy_image(path, "<i4"), path);
 }
 
 std::string encode_npy_int32(const int32_t* data, const std::vector<int64_t>& shape) {
@@ -320,56 +414,21 @@ std::string NpyIntArray::shape_str() const {
   return tmp.shape_str();
 }
 
-NpyArray read_npy(const std::string& path) { return parse_npy(read_file_bytes(path), path); }
+NpyArray read_npy(const std::string& path) { return parse_npy(read_npy_image(path, "<f4"), path); }
 
 std::string encode_npy(const float* data, const std::vector<int64_t>& shape) {
   return encode_npy_raw(data, shape, "<f4");
 }
 
-void check_output_dir(const std::string& path) {
-  fs::path p(path);
-  fs::path dir = p.parent_path();
-  if (dir.empty()) dir = ".";
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec))
-    throw usage_error(fmt::format("{}: output directory '{}' does not exist", path, dir.string()));
-  if (fs::is_directory(p, ec)) throw usage_error(fmt::format("{}: is a directory", path));
-}
-
-OutputSet::~OutputSet() {
-  for (const auto& p : pending_) std::remove(p.tmp.c_str());
-}
-
 void OutputSet::stage(const std::string& path, const float* data,
                       const std::vector<int64_t>& shape) {
-  stage_bytes(path, encode_npy(data, shape));
+  files_.stage(path, encode_npy(data, shape));
 }
 
 void OutputSet::stage_bytes(const std::string& path, const std::string& bytes) {
-  check_output_dir(path);
-  // Same directory as the destination so the final rename is atomic (same file system).
-  fs::path dest(path);
-  std::random_device rd;
-  const std::string tmp =
-      (dest.parent_path() / fmt::format(".{}.tmp{:08x}", dest.filename().string(), rd())).string();
-  pending_.push_back({tmp, path});
-  std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-  if (!f)
-    throw usage_error(fmt::format("{}: cannot create '{}': {}", path, tmp, std::strerror(errno)));
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  f.close();
-  if (!f) throw runtime_error(fmt::format("{}: write failed (disk full?)", path));
+  files_.stage(path, bytes);
 }
 
-void OutputSet::commit() {
-  for (size_t i = 0; i < pending_.size(); ++i) {
-    std::error_code ec;
-    fs::rename(pending_[i].tmp, pending_[i].dest, ec);
-    if (ec)
-      throw runtime_error(fmt::format("{}: cannot rename '{}' into place: {}", pending_[i].dest,
-                                      pending_[i].tmp, ec.message()));
-  }
-  pending_.clear();
-}
+void OutputSet::commit() { files_.commit(); }
 
 }  // namespace flashplus::cli

@@ -2,12 +2,14 @@
 // little-endian.
 //
 // Reading validates everything (magic, header dict, dtype, order, size) and throws
-// cli::Error(kExitUsage, "<path>: <reason>") on any problem. Writing is atomic: data goes to a
-// temporary file in the destination's directory that is renamed over the target only on commit.
+// cli::Error(kExitUsage, "<path>: <reason>") on any problem; the data is read only after the header
+// is valid and only as much as it announces. Writing goes through file_io.h (atomic renames).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "file_io.h"
 
 namespace flashplus::cli {
 
@@ -37,28 +39,18 @@ std::string encode_npy_int32(const int32_t* data, const std::vector<int64_t>& sh
 // The file image of a float32 C-order array (format 1.0, header padded to 64 bytes).
 std::string encode_npy(const float* data, const std::vector<int64_t>& shape);
 
-// Writes several outputs all-or-nothing: stage() writes each array to a temporary file next to its
-// destination; commit() renames them all into place. Anything staged but not committed (an error
-// or exception in between) is deleted by the destructor, so no half-written output remains.
+// Writes several outputs all-or-nothing through a FileSet (file_io.h: temporaries renamed into
+// place, devices and FIFOs written through, symlinks followed): stage() writes each array to a
+// temporary next to its destination; commit() puts them all in place or none. Anything staged
+// but not committed (an error or exception in between) is deleted by the destructor.
 class OutputSet {
  public:
-  OutputSet() = default;
-  OutputSet(const OutputSet&) = delete;
-  OutputSet& operator=(const OutputSet&) = delete;
-  ~OutputSet();
   void stage(const std::string& path, const float* data, const std::vector<int64_t>& shape);
   void stage_bytes(const std::string& path, const std::string& bytes);
   void commit();
 
  private:
-  struct Pending {
-    std::string tmp, dest;
-  };
-  std::vector<Pending> pending_;
+  FileSet files_;
 };
-
-// Throws a usage error when the directory that would hold `path` does not exist, so a run fails
-// before computing rather than after.
-void check_output_dir(const std::string& path);
 
 }  // namespace flashplus::cli

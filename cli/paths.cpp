@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "common.h"
@@ -60,6 +61,8 @@ CLI::Validator number_at_least(double lo, bool strict, const char* what) {
       [lo, strict, what](std::string& s) -> std::string {
         double v = 0;
         if (!CLI::detail::lexical_cast(s, v)) return fmt::format("'{}' is not a number", s);
+        // NaN passes every comparison below, and inf means "never stop" to a time limit.
+        if (!std::isfinite(v)) return fmt::format("{} must be a finite number {}", s, what);
         if (v < lo || (strict && v == lo)) return fmt::format("{} must be {}", s, what);
         return "";
       },
@@ -73,6 +76,23 @@ const CLI::Validator& non_negative() {
 }
 const CLI::Validator& positive() {
   static const CLI::Validator v = number_at_least(0, true, "> 0");
+  return v;
+}
+
+const CLI::Validator& unsigned_integer() {
+  // Digits only, at most 2^64 - 1: CLI11 alone wraps "-1" to 2^64 - 1 and saturates "1e23".
+  static const CLI::Validator v(
+      [](std::string& s) -> std::string {
+        if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+          return fmt::format("'{}' is not a non-negative integer (decimal digits only)", s);
+        const std::string max = "18446744073709551615";
+        const size_t nz = std::min(s.find_first_not_of('0'), s.size() - 1);
+        const std::string digits = s.substr(nz);
+        if (digits.size() > max.size() || (digits.size() == max.size() && digits > max))
+          return fmt::format("{} does not fit in 64 bits (at most {})", s, max);
+        return "";
+      },
+      "UINT64");
   return v;
 }
 

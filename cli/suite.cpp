@@ -62,7 +62,7 @@ class CaseBuilder {
     const std::string& k = e.key;
     auto pair = [&](const char* what) {
       if (!v.is_array() || v.size() != 2)
-        c_.fail(p, fmt::format("expected [{}], got {}", what, v.dump()));
+        c_.fail(p, fmt::format("expected [{}], got {}", what, JsonChecker::preview(v)));
     };
     if (k == "batch") {
       c_case.batch = c_.to_int(v, p, 1, 1 << 16);
@@ -119,7 +119,7 @@ class CaseBuilder {
     } else if (k == "varlen") {
       // [n, [sq, sk], ...]: n means seqlen_q = seqlen_k = n.
       if (!v.is_array())
-        c_.fail(p, fmt::format("expected a list of sequence lengths, got {}", v.dump()));
+        c_.fail(p, fmt::format("expected a list of sequence lengths, got {}", JsonChecker::preview(v)));
       c_case.varlen.clear();
       for (size_t i = 0; i < v.size(); ++i) {
         const std::string ip = JsonChecker::index(p, i);
@@ -438,6 +438,13 @@ Suite load_suite(const std::string& path, Backend backend) {
           axes.emplace_back(it.key(), c.to_list(it.value(), kp));
         }
       }
+      // A few hundred bytes of axes can multiply to 10^8 cases: refuse before expanding.
+      double product = 1;
+      for (const auto& ax : axes) product *= static_cast<double>(ax.second.size());
+      if (product + static_cast<double>(s.cases.size()) > static_cast<double>(kMaxSuiteCases))
+        c.fail(JsonChecker::join(mp, "axes"),
+               fmt::format("expands to {:.0f} cases, more than the {} a suite may have", product,
+                           kMaxSuiteCases));
       std::vector<size_t> idx(axes.size(), 0);
       for (bool done = false; !done;) {
         CaseBuilder b(c);

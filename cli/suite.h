@@ -14,6 +14,10 @@
 
 namespace flashplus::cli {
 
+// A suite expanding to more cases than this is refused while loading (its matrices' axes
+// multiply): the largest shipped suite has a few thousand.
+constexpr size_t kMaxSuiteCases = 200000;
+
 constexpr int kSuiteSchemaVersion = 1;
 
 enum class AlibiMode { none, per_head, per_batch_head };  // "none" | "h" | "bh"

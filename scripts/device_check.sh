@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One whole GPU measurement in one lease (docs/PERF.md): correctness, sanitizers, our bench and
 # the peers' in the same run, then autotune. Build here, then carry the binary:
-#   scripts/build build-cuda -DFLASHPLUS_CUDA=ON -DFLASHPLUS_HIP=OFF -DCMAKE_CUDA_ARCHITECTURES=90a-real
+#   scripts/build build-cuda -DFLASHPLUS_CUDA=ON -DFLASHPLUS_HIP=OFF -DCMAKE_CUDA_ARCHITECTURES=90a-real \
+#     -DFLASHPLUS_SHARED=OFF      (one self-contained binary; with the shared default, carry
+#                                  build-cuda/kernels/libflashplus.so.0.1 into .device/lib too)
 #   mkdir -p .device/lib && xz -T2 -6 -c build-cuda/cli/flashplus > .device/flashplus.xz \
 #     && cp /lib/x86_64-linux-gnu/libfmt.so.9 .device/lib/ && cp ../shared/tools/peer_bench.py .device/
 #   (the binary is ~62 MB with every wgmma instance, 10 MB compressed: carry's limit is 64 MiB;

@@ -149,11 +149,21 @@ TEST_CASE("cpu: a tuned table entry changes the configuration the kernel runs wi
   CHECK(used == forced);
   ro.config_override = nullptr;
 
-  // An entry the backend has no instance for: warning, then the default (never a failure).
+  // An entry the backend has no instance for: warning, then the heuristics' choice (what runs
+  // without a table; never a failure).
+  use_table(nullptr);
+  REQUIRE(p.fwd(ro).ok());
+  KernelConfig heuristic;
+  REQUIRE(runtime::last_kernel_config(Backend::cpu, &heuristic));
   use_table(t.write("b.json", table_json(fp, "cpu/fp32/d64/causal/fwd/r12", 96, 48)).c_str());
   REQUIRE(p.fwd(ro).ok());
   REQUIRE(runtime::last_kernel_config(Backend::cpu, &used));
-  CHECK(used != KernelConfig{96, 48});
+  CHECK(used == heuristic);
+  // The same for an entry whose tile differs from every instance in one field only.
+  use_table(t.write("c.json", table_json(fp, "cpu/fp32/d64/causal/fwd/r12", 32, 48)).c_str());
+  REQUIRE(p.fwd(ro).ok());
+  REQUIRE(runtime::last_kernel_config(Backend::cpu, &used));
+  CHECK(used == heuristic);
   use_table(nullptr);
 }
 
@@ -244,6 +254,31 @@ TEST_CASE("autotune: Ctrl-C keeps the keys already finished", "[autotune][cli]")
   } else {
     WARN("autotune finished before the interrupt arrived (rc " << rc << ")");
   }
+}
+#endif
+
+#ifdef FLASHPLUS_CLI_PATH
+TEST_CASE("autotune: keys another run wrote meanwhile are kept (issue 17)", "[autotune][cli]") {
+  Tmp t("autotune_merge");
+  const std::string fp = backend_fingerprint(Backend::cpu);
+  const std::string cfg = t.write("tiny.json", tiny_model());
+  const std::string out = t.file("table.json");
+  // The other run's table, put in place while this one is tuning its first key (9 candidates
+  // of >= 0.1 s each): this run read no table at its start, and must not drop that key.
+  t.write("other.json", table_json(fp, "cpu/bf16/d128/none/fwd/r12", 64, 64));
+  const std::string script =
+      "'" + std::string(FLASHPLUS_CLI_PATH) + "' autotune --config '" + cfg +
+      "' --backend cpu --mode fwd --min-time 0.1 --max-time 0.1 --out '" + out + "' >/dev/null "
+      "2>'" + t.file("err") + "' & pid=$!; sleep 0.3; cp '" + t.file("other.json") + "' '" + out +
+      "'; wait $pid; echo $? > '" + t.file("rc") + "'";
+  const std::string sh = t.write("merge.sh", script + "\n");
+  REQUIRE(std::system(("bash '" + sh + "'").c_str()) == 0);
+  INFO(t.read("err"));
+  REQUIRE(std::stoi(t.read("rc")) == 0);
+  TunedTable tt;
+  REQUIRE(TunedTable::load(out, &tt).ok());
+  CHECK(tt.entries().count("cpu/bf16/d128/none/fwd/r12") == 1);  // the other run's key
+  CHECK(tt.entries().count("cpu/fp32/d32/causal/fwd/r12") == 1);  // this run's
 }
 #endif
 

@@ -215,3 +215,148 @@ TEST_CASE("every committed tuned table loads and names its own fingerprint", "[t
   }
   CHECK(n >= 1);
 }
+
+TEST_CASE("fingerprints split into arch, SM count and memory", "[tuning]") {
+  FingerprintParts p;
+  REQUIRE(parse_fingerprint("sm_90-132sm-79g", &p));
+  CHECK(p.arch == "sm_90");
+  CHECK(p.multiprocessors == 132);
+  CHECK(p.memory_gib == 79);
+  REQUIRE(parse_fingerprint("gfx90a-104sm-64g", &p));
+  CHECK(p.arch == "gfx90a");
+  REQUIRE(parse_fingerprint("sm_90-132sm", &p));  // older tables: no memory
+  CHECK(p.multiprocessors == 132);
+  CHECK(p.memory_gib == -1);
+  for (const char* bad : {"cpu-x86_64", "", "sm_90", "sm_90-sm-79g", "-132sm-79g", "sm_90-132-79g",
+                          "sm_90-132sm-g", "a-b-132sm-79g"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_fingerprint(bad, &p));
+  }
+}
+
+TEST_CASE("nearest table: same arch only, same SM count first, then closest memory",
+          "[tuning]") {
+  bool nearest = true;
+  // The exact fingerprint wins whatever else is there.
+  CHECK(nearest_fingerprint("sm_90-132sm-79g", {"sm_90-132sm-140g", "sm_90-132sm-79g"}, &nearest) ==
+        "sm_90-132sm-79g");
+  CHECK_FALSE(nearest);
+  // An H200 gets the H100 SXM table.
+  CHECK(nearest_fingerprint("sm_90-132sm-140g", {"sm_80-108sm-79g", "sm_90-132sm-79g"}, &nearest) ==
+        "sm_90-132sm-79g");
+  CHECK(nearest);
+  // Same SM count beats a closer memory size with another SM count (H100 PCIe: 114 SMs).
+  CHECK(nearest_fingerprint("sm_90-132sm-140g", {"sm_90-114sm-140g", "sm_90-132sm-79g"}) ==
+        "sm_90-132sm-79g");
+  // Among the same SM count, the closest memory; a table without memory ranks after those with.
+  CHECK(nearest_fingerprint("sm_90-132sm-96g",
+                            {"sm_90-132sm", "sm_90-132sm-79g", "sm_90-132sm-140g"}) ==
+        "sm_90-132sm-79g");
+  CHECK(nearest_fingerprint("sm_90-132sm-96g", {"sm_90-132sm", "sm_90-114sm-94g"}) ==
+        "sm_90-132sm");
+  // No same SM count: closest memory, then closest SM count, then the name.
+  CHECK(nearest_fingerprint("sm_90-114sm-80g",
+                            {"sm_90-132sm-140g", "sm_90-132sm-79g", "sm_90-78sm-79g"}) ==
+        "sm_90-132sm-79g");
+  CHECK(nearest_fingerprint("sm_90-100sm-80g", {"sm_90-120sm-80g", "sm_90-80sm-80g"}) ==
+        "sm_90-120sm-80g");
+  // Another architecture never qualifies; CPU fingerprints match exactly or not at all.
+  CHECK(nearest_fingerprint("sm_90-132sm-140g", {"sm_80-108sm-79g", "sm_100-148sm-178g"}, &nearest)
+            .empty());
+  CHECK_FALSE(nearest);
+  CHECK(nearest_fingerprint("sm_9-132sm-79g", {"sm_90-132sm-79g"}).empty());
+  CHECK(nearest_fingerprint("cpu-x86_64", {"cpu-aarch64", "sm_90-132sm-79g"}).empty());
+  CHECK(nearest_fingerprint("cpu-x86_64", {"cpu-x86_64"}) == "cpu-x86_64");
+  CHECK(nearest_fingerprint("sm_90-132sm-140g", {}).empty());
+}
+
+TEST_CASE("a device with no table of its own uses the nearest committed one", "[tuning]") {
+  // The committed configs/tuned is found next to the test binary (../../configs/tuned).
+  ::unsetenv("FLASHPLUS_TUNED_TABLE");
+  reset_active_tables_for_testing();
+  const TunedTable* exact = active_table("sm_90-132sm-79g");
+  REQUIRE(exact != nullptr);
+  CHECK(active_table_match("sm_90-132sm-79g") == "exact");
+  const TunedTable* h200 = active_table("sm_90-132sm-140g");
+  REQUIRE(h200 != nullptr);
+  CHECK(h200->fingerprint == "sm_90-132sm-79g");
+  CHECK(h200->entries().size() == exact->entries().size());
+  for (const auto& [k, e] : exact->entries()) {
+    INFO(k);
+    TuneKey key;
+    REQUIRE(TuneKey::parse(k, &key));
+    REQUIRE(h200->find(key) != nullptr);
+    CHECK(h200->find(key)->config == e.config);
+  }
+  CHECK(active_table_match("sm_90-132sm-140g").rfind("nearest: sm_90-132sm-79g", 0) == 0);
+  CHECK(active_table_source("sm_90-132sm-140g").find("sm_90-132sm-79g.json") != std::string::npos);
+  // Another architecture: no table, and the reason says so.
+  CHECK(active_table("sm_80-108sm-79g") == nullptr);
+  CHECK(active_table_match("sm_80-108sm-79g").empty());
+  CHECK(active_table_source("sm_80-108sm-79g").rfind("none:", 0) == 0);
+  reset_active_tables_for_testing();
+}
+
+TEST_CASE("an explicit table of the same arch serves as the nearest one", "[tuning]") {
+  const fs::path dir = temp_dir();
+  const fs::path path = dir / "table.json";
+  std::ofstream(path) << kGood;  // fingerprint sm_90-132sm
+  ::setenv("FLASHPLUS_TUNED_TABLE", path.c_str(), 1);
+  reset_active_tables_for_testing();
+  bool from_table = false;
+  const KernelConfig c =
+      choose_config("sm_90-114sm-80g", key128(), KernelConfig{16, 16}, &from_table);
+  CHECK(from_table);
+  CHECK(c.block_m == 128);
+  CHECK(active_table_match("sm_90-114sm-80g").rfind("nearest: sm_90-132sm", 0) == 0);
+  CHECK(active_table_match("sm_90-132sm") == "exact");
+  ::unsetenv("FLASHPLUS_TUNED_TABLE");
+  reset_active_tables_for_testing();
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a table entry naming a kernel the backend did not compile gives the heuristics' choice",
+          "[tuning]") {
+  const fs::path dir = temp_dir();
+  const fs::path path = dir / "table.json";
+  std::ofstream(path) << kGood;  // sm_90/bf16/d128/causal/fwd/r20 -> m128n64w4s2
+  ::setenv("FLASHPLUS_TUNED_TABLE", path.c_str(), 1);
+  reset_active_tables_for_testing();
+  const KernelConfig heuristic{64, 32, 4, 2, 0};
+  int asked = 0;
+  KernelConfig seen;
+  const auto none_compiled = [&](const KernelConfig& e) {
+    ++asked;
+    seen = e;
+    return false;
+  };
+  bool from_table = true;
+  KernelConfig c = choose_config("sm_90-132sm", key128(), heuristic, none_compiled, &from_table);
+  CHECK_FALSE(from_table);
+  CHECK(c == heuristic);
+  CHECK(asked == 1);
+  CHECK(seen.block_m == 128);  // the backend was asked about the table's entry
+  CHECK(seen.block_n == 64);
+  // Asked again (the warning is printed once; the answer stays the heuristic).
+  c = choose_config("sm_90-132sm", key128(), heuristic, none_compiled, &from_table);
+  CHECK(c == heuristic);
+  CHECK(asked == 2);
+  // A compiled entry is used.
+  c = choose_config("sm_90-132sm", key128(), heuristic,
+                    [](const KernelConfig& e) { return e.block_m == 128 && e.block_n == 64; },
+                    &from_table);
+  CHECK(from_table);
+  CHECK(c.block_m == 128);
+  CHECK(c.num_warps == 4);
+  // A key the table lacks: the heuristic, and nothing to ask about.
+  TuneKey other = key128();
+  other.mask = MaskKind::none;
+  asked = 0;
+  c = choose_config("sm_90-132sm", other, heuristic, none_compiled, &from_table);
+  CHECK_FALSE(from_table);
+  CHECK(c == heuristic);
+  CHECK(asked == 0);
+  ::unsetenv("FLASHPLUS_TUNED_TABLE");
+  reset_active_tables_for_testing();
+  fs::remove_all(dir);
+}

@@ -6,7 +6,8 @@
 //   pass 2 (per batch, head, query tile):  dQ of that tile over its visible key tiles.
 // Each output element has exactly one writer and a fixed summation order, so results are
 // bit-identical run to run and for any thread count. P is recomputed from the saved lse as
-// exp(z - lse), which is 0 for empty rows (lse = +inf), so they contribute nothing.
+// exp(z - lse), which is 0 for empty rows (lse = +inf), so they contribute nothing; a NaN lse
+// (NaN in the forward's inputs) makes the row's gradients NaN.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -103,7 +104,9 @@ void tile_grads(const AttnParams& p, int b, int h, int sq, int sk, int i0, int n
     float* drow = dpm + static_cast<int64_t>(r) * kBlockN;
     int c0 = 0, c1 = 0;
     const int i = i0 + r;
-    if (r < nr && std::isfinite(lse[r])) {
+    // Empty rows (lse = +inf; -inf: rows no varlen sequence covers) contribute nothing. A NaN
+    // lse (the forward met NaN) is used: P, dS and so dq, dk, dv come out NaN there, not dq = 0.
+    if (r < nr && !std::isinf(lse[r])) {
       int lo, hi;
       key_range(p, i, sq, sk, &lo, &hi);
       c0 = std::max(lo, j0) - j0;

@@ -1,7 +1,4 @@
 // The CPU backend's run-time tile choice (tiles.h): override, tuned table, or the default.
-#include <cstdio>
-#include <mutex>
-
 #include "backend.h"
 #include "cpu/tiles.h"
 
@@ -45,18 +42,13 @@ KernelConfig tile_config(const AttnParams& p, const RunOptions& opts, const char
     c = with_defaults(*opts.config_override);
   } else {
     const TuneKey key = tune_key_of(p, "cpu", mode);
-    bool from_table = false;
-    c = with_defaults(choose_config(cpu_fingerprint(), key, heuristic, &from_table));
-    if (from_table && !tile_supported(c.block_m, c.block_n)) {
-      static std::once_flag warned;
-      std::call_once(warned, [&] {
-        std::fprintf(stderr,
-                     "flashplus: warning: tuned table entry %s asks for tile m%dn%d, which the cpu "
-                     "backend has no instance for; using the default m%dn%d\n",
-                     key.to_string().c_str(), c.block_m, c.block_n, kBlockM, kBlockN);
-      });
-      c = heuristic;
-    }
+    // An entry naming a tile this backend has no instance for: a warning, then the heuristic.
+    c = with_defaults(choose_config(
+        cpu_fingerprint(), key, heuristic,
+        [](const KernelConfig& e) {
+          const KernelConfig t = with_defaults(e);
+          return tile_supported(t.block_m, t.block_n);
+        }));
   }
   // Only the tile shape means anything to the CPU kernels.
   t_last = KernelConfig{c.block_m, c.block_n};

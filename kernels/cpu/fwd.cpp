@@ -119,12 +119,17 @@ void fwd_tile(const AttnParams& p, const TileJob& job, FwdScratch<kBlockM, kBloc
         srow[c] = z;
         mx = std::max(mx, z);
       }
+      // std::max skips NaN scores (NaN < x is false): they reach exp() below and make the row's
+      // l NaN, so out and lse become NaN (not the empty-row sentinel). A max of -inf (every score
+      // so far -inf or NaN) is subtracted as 0, as upstream does: -inf scores then weigh 0
+      // instead of exp(-inf + inf) = NaN.
       const float m_new = std::max(w.m[r], mx);
+      const float m_sub = m_new == kNegInf ? 0.f : m_new;
       // exp(-inf) = 0 on the first visible tile; O and l are still zero then anyway.
-      const float alpha = std::exp(w.m[r] - m_new);
+      const float alpha = std::exp(w.m[r] - m_sub);
       float sum = 0.f;
       for (int c = 0; c < kBlockN; ++c) {
-        const float pv = (c >= c0 && c < c1) ? std::exp(srow[c] - m_new) : 0.f;
+        const float pv = (c >= c0 && c < c1) ? std::exp(srow[c] - m_sub) : 0.f;
         sum += pv;  // the softmax sum (and lse) is taken before dropout
         srow[c] = dropout && pv != 0.f && !p.dropout_keep(b, h, i, j0 + c) ? 0.f : pv;
       }
@@ -141,10 +146,12 @@ void fwd_tile(const AttnParams& p, const TileJob& job, FwdScratch<kBlockM, kBloc
   }
 
   // Epilogue: normalise and store; an empty row gets out = 0 and lse = +inf (API.md §2.2), an
-  // empty split piece lse = -inf (it then weighs nothing in the combine).
+  // empty split piece lse = -inf (it then weighs nothing in the combine). A row whose sum is NaN
+  // (NaN in q, k or an ALiBi slope; inf that met inf) is not empty: out and lse come out NaN
+  // (docs/API_NOTES.md, "NaN and inf").
   for (int r = 0; r < nr; ++r) {
     const int i = i0 + r;
-    const bool empty = !(w.l[r] > 0.f);
+    const bool empty = w.l[r] == 0.f;
     // Dropout: kept probabilities are scaled by 1 / (1 - p), once, here.
     const float inv = empty ? 0.f : (dropout ? p.rp_dropout : 1.f) / w.l[r];
     float* orow = o + static_cast<int64_t>(r) * dp;
@@ -169,10 +176,17 @@ void combine_row(const AttnParams& p, int nsplit, const float* oacc, const float
   const int64_t li = p.lse_offset(b, h, i);
   const int64_t stride = p.lse_size();
   float mx = -std::numeric_limits<float>::infinity();
-  for (int s = 0; s < nsplit; ++s) mx = std::max(mx, lacc[s * stride + li]);
+  bool nan = false;  // a piece whose row met NaN: the whole row is NaN, as unsplit
+  for (int s = 0; s < nsplit; ++s) {
+    mx = std::max(mx, lacc[s * stride + li]);
+    nan = nan || std::isnan(lacc[s * stride + li]);
+  }
   std::fill(acc, acc + d, 0.f);
   float lse = std::numeric_limits<float>::infinity();  // no piece saw a key: out 0, lse +inf
-  if (mx > -std::numeric_limits<float>::infinity()) {
+  if (nan) {
+    lse = std::numeric_limits<float>::quiet_NaN();
+    std::fill(acc, acc + d, lse);
+  } else if (mx > -std::numeric_limits<float>::infinity()) {
     float sum = 0.f;
     for (int s = 0; s < nsplit; ++s) sum += std::exp(lacc[s * stride + li] - mx);
     lse = mx + std::log(sum);

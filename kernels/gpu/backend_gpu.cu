@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "gpu/heuristics.h"
 #include "gpu/kvcache/kvcache.h"
 #include "platform/arch.h"
+#include "platform/env.h"
 #include "platform/gpu_runtime.h"
 
 #if !FLASHPLUS_VENDOR_HIP
@@ -115,15 +118,6 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-// FLASHPLUS_GPU_FALLBACK=1 skips the tensor-core family (to test or compare the fallback).
-bool force_fallback() {
-  static const bool v = [] {
-    const char* e = std::getenv("FLASHPLUS_GPU_FALLBACK");
-    return e != nullptr && e[0] != '\0' && e[0] != '0';
-  }();
-  return v;
-}
-
 Status check_pointer(const char* name, const void* ptr) {
   if (ptr == nullptr || platform::is_device_pointer(ptr)) return Status::Ok();
   return Status::Invalid(std::string(name) + " is not " + FLASHPLUS_VENDOR_NAME +
@@ -177,15 +171,40 @@ std::vector<KernelConfig> tc_configs(Pass pass, int head_dim) {
   return pass == Pass::fwd ? fwd_tc_configs(head_dim) : bwd_tc_configs(head_dim);
 }
 
-// The tile to try first: the tuned table's entry for this kernel key, else the heuristic.
+// The tile to try first: the tuned table's entry for this kernel key, else the heuristic. An entry
+// whose tile this build did not compile (tc_configs: a stale or foreign table) is a warning and
+// the heuristic (flashplus::choose_config).
 KernelConfig pick_config(const AttnParams& p, const Device& dev, Pass pass) {
   const TuneKey key = tune_key_of(p, dev.desc.arch, pass == Pass::fwd ? "fwd" : "bwd");
-  return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass));
+  const auto compiled = [&](const KernelConfig& e) {
+    if (is_default(e)) return true;
+    // The compiled tiles per (device, pass, head-dim bucket), listed once (asked only when the
+    // table has an entry for the call's key).
+    static std::mutex mu;
+    static std::map<std::tuple<int, int, int>, std::vector<KernelConfig>> lists;
+    std::vector<KernelConfig> tiles;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      const auto k = std::make_tuple(p.device_index, static_cast<int>(pass),
+                                     flashplus::head_dim_bucket(p.head_dim));
+      auto it = lists.find(k);
+      if (it == lists.end()) it = lists.emplace(k, tc_configs(pass, p.head_dim)).first;
+      tiles = it->second;
+    }
+    for (const KernelConfig& c : tiles)
+      if (c.block_m == e.block_m && c.block_n == e.block_n && c.num_warps == e.num_warps &&
+          (c.stages == 0 || e.stages == 0 || c.stages == e.stages))
+        return true;
+    return false;
+  };
+  return flashplus::choose_config(dev.fingerprint, key, gpu::choose_config(p, dev.info, pass),
+                                  compiled);
 }
 
-// Run the tensor-core family with the chosen configuration; on no_instance retry its default
-// configuration, then the portable fallback. An explicit RunOptions::config_override is run as
-// given (no_instance when it is not compiled), so autotune measures exactly what it asked for.
+// Run the tensor-core family with the chosen configuration; on no_instance (a tile that does not
+// take this call) retry its default configuration, then the portable fallback. An explicit
+// RunOptions::config_override is run as given (no_instance when it is not compiled), so autotune
+// measures exactly what it asked for.
 template <class Tc, class Fb>
 Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
                   const Device& dev, Pass pass, Tc tc, Fb fb) {
@@ -205,7 +224,7 @@ Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
     if (st.ok()) ran(*opts.config_override, true);
     return finish(what, std::move(st));
   }
-  if (force_fallback()) {
+  if (env::gpu_fallback()) {
     ran({}, false);
     return finish(what, fb());
   }
@@ -226,31 +245,6 @@ Status run_family(const char* what, const AttnParams& p, const RunOptions& opts,
   return finish(what, fb());
 }
 
-// FLASHPLUS_KVCACHE_CHECK=0 skips reading the kv-cache kernels' error word back (one 4-byte copy
-// and a stream synchronisation per call); out-of-range indices are still never read, only no
-// longer reported.
-bool kvcache_check() {
-  static const bool v = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_CHECK");
-    return e == nullptr || e[0] == '\0' || e[0] != '0';
-  }();
-  return v;
-}
-
-// FLASHPLUS_KVCACHE_CONFIG=block_n,num_warps,stages[,num_splits] runs that kv-cache tile (for
-// measurements, e.g. a tile sweep with `flashplus bench`); unset: the heuristic's pick.
-KernelConfig kvcache_env_config() {
-  static const KernelConfig v = [] {
-    KernelConfig c;
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_CONFIG");
-    if (e != nullptr && std::sscanf(e, "%d,%d,%d,%d", &c.block_n, &c.num_warps, &c.stages,
-                                    &c.num_splits) < 3)
-      c = KernelConfig{};
-    return c;
-  }();
-  return v;
-}
-
 // mha_fwd_kvcache: pre-pass (append, rotary), attention, combine (kernels/gpu/kvcache).
 Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& dev) {
   const std::pair<const char*, const void*> tensors[] = {
@@ -261,14 +255,14 @@ Status fwd_kvcache(const AttnParams& p, const RunOptions& opts, const Device& de
   for (const auto& t : tensors) FLASHPLUS_RETURN_IF_ERROR(check_pointer(t.first, t.second));
   // What the tensor-core family does not take (fp32, head_dim not a multiple of 8, unaligned
   // rows, HIP), and FLASHPLUS_GPU_FALLBACK=1, run the portable path.
-  if (force_fallback() || !kvcache_supports(p).ok()) {
+  if (env::gpu_fallback() || !kvcache_supports(p).ok()) {
     t_last = KernelConfig{};
     t_has_last = true;
     return finish("fwd_kvcache (fallback)", run_kvcache_fallback(p, opts.stream));
   }
-  const KernelConfig cfg = opts.config_override ? *opts.config_override : kvcache_env_config();
+  const KernelConfig cfg = opts.config_override ? *opts.config_override : env::kvcache_config();
   KernelConfig used;
-  Status st = run_kvcache(p, cfg, dev.info, opts.stream, kvcache_check(), &used);
+  Status st = run_kvcache(p, cfg, dev.info, opts.stream, env::kvcache_check(), &used);
   if (st.ok()) {
     t_last = used;
     t_has_last = true;

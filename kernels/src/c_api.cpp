@@ -63,7 +63,10 @@ Status view_of(const char* name, const DLTensor& t, TensorView* v) {
                                          t.shape[i], i));
     v->shape[i] = t.shape[i];
     v->stride[i] = t.strides ? t.strides[i] : compact;
-    compact *= t.shape[i];
+    // Signed overflow would be undefined behaviour: refuse before it (validation later bounds
+    // the sizes much tighter).
+    if (__builtin_mul_overflow(compact, t.shape[i], &compact))
+      return Status::Invalid(fmt::format("{} has extents whose product overflows 64 bits", name));
   }
   v->data = t.data ? static_cast<char*>(t.data) + t.byte_offset : nullptr;
   return Status::Ok();

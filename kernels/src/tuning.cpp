@@ -1,13 +1,17 @@
 #include "flashplus/tuning.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <mutex>
+#include <set>
 #include <sstream>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -180,10 +184,20 @@ Status TunedTable::parse(const std::string& text, const std::string& origin, Tun
 Status TunedTable::load(const std::string& path, TunedTable* out) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return Status::Invalid(fmt::format("{}: cannot open", path));
-  std::stringstream ss;
-  ss << f.rdbuf();
+  // Bounded: /dev/zero or a runaway file as FLASHPLUS_TUNED_TABLE must not be read until memory
+  // runs out (it is loaded by every command). Real tables are a few KB.
+  constexpr size_t kMaxTableBytes = size_t{16} << 20;
+  std::string text;
+  char buf[1 << 16];
+  while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(f.gcount()));
+    if (text.size() > kMaxTableBytes)
+      return Status::Invalid(fmt::format(
+          "{}: more than {} bytes, not a tuned table (a stream that never ends?)", path,
+          kMaxTableBytes));
+  }
   if (f.bad()) return Status::Invalid(fmt::format("{}: read error", path));
-  return parse(ss.str(), path, out);
+  return parse(text, path, out);
 }
 
 std::string TunedTable::dump() const {
@@ -225,8 +239,9 @@ Status TunedTable::save(const std::string& path) const {
   }
   fs::rename(tmp, target, ec);
   if (ec) {
+    const std::string why = ec.message();  // before fs::remove overwrites ec
     fs::remove(tmp, ec);
-    return Status::Runtime(fmt::format("{}: rename failed: {}", path, ec.message()));
+    return Status::Runtime(fmt::format("{}: rename failed: {}", path, why));
   }
   return Status::Ok();
 }
@@ -257,6 +272,64 @@ std::string backend_fingerprint(Backend b) {
   return "";
 }
 
+bool parse_fingerprint(const std::string& fingerprint, FingerprintParts* out) {
+  // From the right: [-<M>g] then -<N>sm; what precedes is the arch (no '-' in GPU arch names).
+  auto number = [](const std::string& s, int* v) {
+    if (s.empty() || s.size() > 6) return false;
+    for (char c : s)
+      if (c < '0' || c > '9') return false;
+    *v = std::stoi(s);
+    return true;
+  };
+  FingerprintParts p;
+  std::string rest = fingerprint;
+  size_t dash = rest.rfind('-');
+  if (dash == std::string::npos) return false;
+  std::string last = rest.substr(dash + 1);
+  if (last.size() > 1 && last.back() == 'g' &&
+      number(last.substr(0, last.size() - 1), &p.memory_gib)) {
+    rest = rest.substr(0, dash);
+    dash = rest.rfind('-');
+    if (dash == std::string::npos) return false;
+    last = rest.substr(dash + 1);
+  }
+  if (last.size() < 3 || last.compare(last.size() - 2, 2, "sm") != 0 ||
+      !number(last.substr(0, last.size() - 2), &p.multiprocessors))
+    return false;
+  p.arch = rest.substr(0, dash);
+  if (p.arch.empty() || p.arch.find('-') != std::string::npos) return false;
+  *out = p;
+  return true;
+}
+
+std::string nearest_fingerprint(const std::string& want, const std::vector<std::string>& available,
+                                bool* nearest) {
+  if (nearest) *nearest = false;
+  for (const std::string& a : available)
+    if (a == want) return a;
+  FingerprintParts w;
+  if (!parse_fingerprint(want, &w)) return "";
+  // Rank: (SM count differs, memory distance, SM distance, name); unknown memory ranks last.
+  std::string best;
+  std::tuple<bool, long, long> best_rank{};
+  for (const std::string& a : available) {
+    FingerprintParts c;
+    if (!parse_fingerprint(a, &c) || c.arch != w.arch) continue;
+    const long mem = c.memory_gib < 0 || w.memory_gib < 0
+                         ? std::numeric_limits<long>::max()
+                         : std::labs(static_cast<long>(c.memory_gib) - w.memory_gib);
+    const std::tuple<bool, long, long> rank{c.multiprocessors != w.multiprocessors, mem,
+                                            std::labs(static_cast<long>(c.multiprocessors) -
+                                                      w.multiprocessors)};
+    if (best.empty() || rank < best_rank || (rank == best_rank && a < best)) {
+      best = a;
+      best_rank = rank;
+    }
+  }
+  if (nearest) *nearest = !best.empty();
+  return best;
+}
+
 // ---- the active table ------------------------------------------------------------------------
 namespace {
 
@@ -264,13 +337,36 @@ struct Active {
   bool loaded = false;
   std::unique_ptr<TunedTable> table;
   std::string source;
+  std::string match;  // active_table_match
 };
 
 std::mutex g_mu;
 std::map<std::string, Active> g_active;  // by fingerprint
 
+// The folder of the loaded libflashplus (of the executable, when linked statically): found from
+// the address of a function of ours, so it is right inside any host process (python).
+fs::path library_dir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<const void*>(&library_dir), &info) == 0 || info.dli_fname == nullptr ||
+      *info.dli_fname == '\0')
+    return {};
+  std::error_code ec;
+  const fs::path lib = fs::canonical(info.dli_fname, ec);
+  return ec ? fs::path() : lib.parent_path();
+}
+
 std::vector<fs::path> candidate_dirs() {
   std::vector<fs::path> dirs;
+  // Installed (cmake --install, or a wheel's flashplus/lib + flashplus/share): relative to the
+  // library. Then the build tree (build/kernels/libflashplus.so -> ../../configs/tuned).
+  if (const fs::path lib = library_dir(); !lib.empty()) {
+#ifdef FLASHPLUS_LIB_TO_TUNED_DIR
+    dirs.push_back(lib / FLASHPLUS_LIB_TO_TUNED_DIR);
+#endif
+    dirs.push_back(lib / "../share/flashplus/tuned");
+    dirs.push_back(lib / "../../configs/tuned");
+  }
+  // Relative to the executable: build trees and a CLI binary unpacked next to configs/.
   std::error_code ec;
   const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
@@ -279,9 +375,6 @@ std::vector<fs::path> candidate_dirs() {
     dirs.push_back(d / "../../configs/tuned");
     dirs.push_back(d / "../share/flashplus/tuned");
   }
-#ifdef FLASHPLUS_INSTALL_TUNED_DIR
-  dirs.emplace_back(FLASHPLUS_INSTALL_TUNED_DIR);
-#endif
   return dirs;
 }
 
@@ -290,6 +383,41 @@ std::string file_name_for(const std::string& fingerprint) {
   for (char& c : s)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
   return s + ".json";
+}
+
+// No file of the exact fingerprint: the nearest table of the same architecture among the
+// candidate folders' tables (nearest_fingerprint; the file's stem is its fingerprint, the first
+// folder holding a name wins). "" when none.
+std::string nearest_table_path(const std::string& fingerprint) {
+  std::map<std::string, std::string> by_fingerprint;
+  for (const fs::path& d : candidate_dirs()) {
+    std::error_code ec;
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      const fs::path& p = it->path();
+      std::error_code fe;
+      if (p.extension() != ".json" || !fs::is_regular_file(p, fe)) continue;
+      by_fingerprint.emplace(p.stem().string(), fs::weakly_canonical(p, fe).string());
+    }
+  }
+  std::vector<std::string> names;
+  for (const auto& [fp, path] : by_fingerprint) names.push_back(fp);
+  const std::string best = nearest_fingerprint(fingerprint, names);
+  return best.empty() ? "" : by_fingerprint[best];
+}
+
+// Why the table of fingerprint `table_fp` serves a device of `fingerprint` (active_table_match),
+// or "" when it must not (another architecture, another CPU).
+std::string match_reason(const std::string& fingerprint, const std::string& table_fp) {
+  bool nearest = false;
+  if (nearest_fingerprint(fingerprint, {table_fp}, &nearest).empty()) return "";
+  if (!nearest) return "exact";
+  FingerprintParts w, t;
+  parse_fingerprint(fingerprint, &w);
+  parse_fingerprint(table_fp, &t);
+  return fmt::format("nearest: {} (no table for {}; same arch {}, {})", table_fp, fingerprint,
+                     w.arch,
+                     w.multiprocessors == t.multiprocessors ? "same SM count, closest memory"
+                                                            : "closest memory, other SM count");
 }
 
 Active load_active(const std::string& fingerprint) {
@@ -308,19 +436,23 @@ Active load_active(const std::string& fingerprint) {
       }
     }
   }
+  if (path.empty()) path = nearest_table_path(fingerprint);
   if (path.empty()) {
-    a.source = fmt::format("none: no {} found (heuristics in use)", file_name_for(fingerprint));
+    a.source = fmt::format("none: no {} found, nor a table of the same arch (heuristics in use)",
+                           file_name_for(fingerprint));
     return a;
   }
   auto t = std::make_unique<TunedTable>();
   Status st = TunedTable::load(path, t.get());
-  if (st.ok() && t->fingerprint != fingerprint)
+  if (st.ok()) a.match = match_reason(fingerprint, t->fingerprint);
+  if (st.ok() && a.match.empty())
     st = Status::Invalid(fmt::format("{}: fingerprint '{}' does not match this device '{}'", path,
                                      t->fingerprint, fingerprint));
   if (!st.ok()) {
     std::fprintf(stderr, "flashplus: warning: ignoring tuned table: %s; using heuristics\n",
                  st.message().c_str());
     a.source = "none: " + st.message();
+    a.match.clear();
     return a;
   }
   a.source = path;
@@ -345,6 +477,10 @@ std::string active_table_source(const std::string& fingerprint) {
   return get_active(fingerprint).source;
 }
 
+std::string active_table_match(const std::string& fingerprint) {
+  return get_active(fingerprint).match;
+}
+
 void reset_active_tables_for_testing() {
   std::lock_guard<std::mutex> lock(g_mu);
   g_active.clear();
@@ -352,14 +488,34 @@ void reset_active_tables_for_testing() {
 
 KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
                            const KernelConfig& heuristic, bool* from_table) {
-  if (const TunedTable* t = active_table(fingerprint)) {
-    if (const TunedEntry* e = t->find(key)) {
-      if (from_table) *from_table = true;
-      return e->config;
-    }
-  }
+  return choose_config(fingerprint, key, heuristic, nullptr, from_table);
+}
+
+KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
+                           const KernelConfig& heuristic,
+                           const std::function<bool(const KernelConfig&)>& compiled,
+                           bool* from_table) {
   if (from_table) *from_table = false;
-  return heuristic;
+  const TunedTable* t = active_table(fingerprint);
+  const TunedEntry* e = t ? t->find(key) : nullptr;
+  if (e == nullptr) return heuristic;
+  if (compiled && !compiled(e->config)) {
+    static std::mutex mu;
+    static std::set<std::string> warned;  // by fingerprint and key: one line each
+    std::lock_guard<std::mutex> lock(mu);
+    if (warned.insert(fingerprint + " " + key.to_string()).second) {
+      const std::string what = e->kernel.empty()
+                                   ? e->config.to_string()
+                                   : fmt::format("kernel '{}' ({})", e->kernel, e->config.to_string());
+      std::fprintf(stderr,
+                   "flashplus: warning: tuned table entry %s names %s, which this build has no "
+                   "instance for; using the heuristics' %s\n",
+                   key.to_string().c_str(), what.c_str(), heuristic.to_string().c_str());
+    }
+    return heuristic;
+  }
+  if (from_table) *from_table = true;
+  return e->config;
 }
 
 }  // namespace flashplus

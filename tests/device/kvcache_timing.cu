@@ -9,7 +9,7 @@
 //         synchronisation's return when checked), the way triton's do_bench times the peers;
 //   host: wall time of the call on the host (enqueue only when not checked).
 // Medians over `reps` calls, alternating two cache sets (the bench uses >= 2 too). Environment
-// knobs of the library apply (FLASHPLUS_KVCACHE_CHECK / FUSE / PDL / CONFIG); KV_SPLITS="0,64,96"
+// knobs of the library apply (FLASHPLUS_KVCACHE_CHECK / CONFIG, docs/ENV.md); KV_SPLITS="0,64,96"
 // (0 = the heuristic's count), KV_PAGES="0,16,256" and KV_SHAPES="1x131072,8x16384,64x4096"
 // choose the cases. KV_HOSTBENCH=1 first prints what the runtime calls a call makes before its
 // first launch cost on the host (mean ns over 4000 calls each; docs/PERF.md round 5).

@@ -885,15 +885,8 @@ inline int max_smem_optin() {
 
 namespace flashplus::gpu::tc {
 
-// The backward's workspace pool (gpu/workspace_pool.h); FLASHPLUS_BWD_POOL=0 keeps the runtime's
-// default pool (*pool = nullptr; A/B measurements).
+// The backward's workspace pool (gpu/workspace_pool.h), the current device's.
 inline Status bwd_workspace_pool(cudaMemPool_t* pool) {
-  static const bool off = [] {
-    const char* e = std::getenv("FLASHPLUS_BWD_POOL");
-    return e != nullptr && e[0] == '0';
-  }();
-  *pool = nullptr;
-  if (off) return Status::Ok();
   int dev = 0;
   FLASHPLUS_GPU_CHECK(cudaGetDevice(&dev));
   return workspace_pool(dev, pool);
@@ -918,10 +911,7 @@ Status launch_bwd_main(const AttnParams& p, gpuStream_t stream,
   const size_t ws_bytes = ((det ? 0 : rows * D) + (p.softmax_d ? 0 : rows)) * sizeof(float);
   cudaMemPool_t pool = nullptr;
   FLASHPLUS_RETURN_IF_ERROR(bwd_workspace_pool(&pool));
-  if (pool)
-    FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws), ws_bytes, pool, stream));
-  else
-    FLASHPLUS_GPU_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), ws_bytes, stream));
+  FLASHPLUS_GPU_CHECK(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&ws), ws_bytes, pool, stream));
   float* dq_accum = det ? nullptr : ws;
   float* dsum = p.softmax_d ? p.softmax_d : ws + (det ? 0 : rows * D);
   auto fail = [&](cudaError_t e, const char* what) {
@@ -1001,9 +991,6 @@ static bool bwd_gmma_usable(gpuStream_t stream) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
   if (cached[dev] == 0) {
-    // FLASHPLUS_BWD_NO_WGMMA=1 keeps the mma.sync kernel (A/B measurements, sm_80 behaviour).
-    const char* off = std::getenv("FLASHPLUS_BWD_NO_WGMMA");
-    if (off && off[0] == '1') return false;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
       (void)cudaGetLastError();

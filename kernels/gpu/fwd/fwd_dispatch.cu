@@ -6,6 +6,7 @@
 #include "gpu/gpu_kernels.h"
 #include "gpu/tc_common.h"
 #include "platform/arch.h"
+#include "platform/env.h"
 #if FLASHPLUS_VENDOR_HIP
 #include "gpu/fwd/fwd_kernel_mfma.h"  // the MFMA tile list (templates only, nothing instantiated)
 #else
@@ -18,10 +19,9 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
   FLASHPLUS_RETURN_IF_ERROR(tc_supports(p, cfg, "fwd_tc"));
 #if !FLASHPLUS_VENDOR_HIP
   // Hopper: the wgmma family first (its own tiles, num_warps 12, or the default; every call with
-  // FLASHPLUS_GPU_FWD_SM90=2); what it has no instance for (paged varlen, kv cache, dropout,
-  // head_dim > 128, a non-sm_90 device; varlen with FLASHPLUS_GPU_FWD_SM90_VARLEN=0) goes on to
-  // mma.sync.
-  if (const int mode = fwd_sm90_mode(); mode != 0) {
+  // FLASHPLUS_GPU_FWD_SM90=2, platform/env.h); what it has no instance for (paged varlen, kv
+  // cache, dropout, head_dim > 128, a non-sm_90 device) goes on to mma.sync.
+  if (const int mode = env::gpu_fwd_sm90_mode(); mode != 0) {
     const bool named = is_sm90_config(cfg);
     const bool dflt = cfg.block_m == 0 && cfg.block_n == 0 && cfg.num_warps == 0 && cfg.stages == 0;
     if (named || dflt || mode == 2) {
@@ -46,7 +46,8 @@ std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
 #if !FLASHPLUS_VENDOR_HIP
   // On an sm_90 device the Hopper family's tiles come first: the default call runs them.
   int dev = 0;
-  if (fwd_sm90_mode() != 0 && cudaGetDevice(&dev) == cudaSuccess && current_arch(dev) == 90)
+  if (env::gpu_fwd_sm90_mode() != 0 && cudaGetDevice(&dev) == cudaSuccess &&
+      current_arch(dev) == 90)
     r = fwd_sm90_configs(head_dim);
 #endif
   const int d = tc::head_dim_bucket(head_dim);

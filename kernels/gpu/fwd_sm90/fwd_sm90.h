@@ -12,18 +12,10 @@
 namespace flashplus::gpu {
 
 // Forward on wgmma + TMA (sm_90a instances; other archs: no_instance): dense fixed-length calls
-// and packed varlen ones (no block_table; FLASHPLUS_GPU_FWD_SM90_VARLEN=0 sends those to mma.sync).
+// and packed varlen ones (no block_table).
 Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream);
 // The family's compiled tiles for `head_dim` (first = its default); num_warps = 12 marks them.
 std::vector<KernelConfig> fwd_sm90_configs(int head_dim);
-// FLASHPLUS_GPU_FWD_SM90: 0 = never use this family, 1 (default) = the default configuration and
-// this family's named tiles run it, 2 = every forward call it can take runs it, whatever tile the
-// tuned table or the heuristics named (testing: verify suites through this family).
-int fwd_sm90_mode();
-// FLASHPLUS_GPU_FWD_SM90_VARLEN: 0 = varlen calls skip this family (the mma.sync varlen kernel
-// runs them: A/B measurements); 1 = varlen grid of max_seqlen_q row blocks per sequence (blocks
-// past a sequence's end exit); 2 (default) = flattened grid (total_q / 128 + batch blocks per head).
-int fwd_sm90_varlen_mode();
 // True when cfg names this family (num_warps 12) rather than the mma.sync family.
 inline bool is_sm90_config(const KernelConfig& cfg) { return cfg.num_warps == 12; }
 

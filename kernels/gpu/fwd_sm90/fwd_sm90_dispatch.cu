@@ -1,5 +1,4 @@
 // run_fwd_sm90: picks the (dtype, head-dim bucket) instance of the Hopper forward family.
-#include <cstdlib>
 #include <string>
 
 #include "gpu/fwd_sm90/fwd_sm90.h"
@@ -10,24 +9,6 @@
 #endif
 
 namespace flashplus::gpu {
-
-int fwd_sm90_mode() {
-  static const int mode = [] {
-    const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90");
-    if (e == nullptr || e[0] == '\0') return 1;
-    return e[0] == '0' ? 0 : e[0] == '2' ? 2 : 1;
-  }();
-  return mode;
-}
-
-int fwd_sm90_varlen_mode() {
-  static const int mode = [] {
-    const char* e = std::getenv("FLASHPLUS_GPU_FWD_SM90_VARLEN");
-    if (e == nullptr || e[0] == '\0') return 2;
-    return e[0] == '0' ? 0 : e[0] == '1' ? 1 : 2;
-  }();
-  return mode;
-}
 
 Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 #if FLASHPLUS_VENDOR_HIP
@@ -43,8 +24,6 @@ Status run_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, void* stream) 
   auto s = static_cast<gpuStream_t>(stream);
   const bool bf = p.dtype == DType::bf16;
   if (p.is_varlen()) {
-    if (fwd_sm90_varlen_mode() == 0)
-      return Status::NoInstance("fwd_sm90: varlen off (FLASHPLUS_GPU_FWD_SM90_VARLEN=0)");
     if (p.head_dim <= 64)
       return bf ? sm90fwd::fwd_sm90_var_bf16_d64(p, cfg, s) : sm90fwd::fwd_sm90_var_f16_d64(p, cfg, s);
     if (p.head_dim <= 128)

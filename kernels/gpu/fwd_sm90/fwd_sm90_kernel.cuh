@@ -9,12 +9,11 @@
 //                operands K-major), the online softmax in registers, O += P V as wgmma RS (P from
 //                registers, V MN-major through the descriptor, no transpose copy). K(n) is released
 //                as soon as S is computed, V(n) after the PV product.
-// The two consumers run their loops independently (PINGPONG: they take turns issuing MMAs), so one's
-// softmax overlaps the other's MMAs; with OVERLAP (the compiled default) each consumer also runs the
-// softmax of tile n+1 while its own PV(n) is in flight.
-// kVar: packed variable-length batches (cu_seqlens_q/k, seqused_k; no block_table): kFlat (the
-// default) lays the sequences' row blocks out along x (see the kernel's prologue), else block z =
-// sequence b over a grid of max_seqlen_q and blocks past the sequence's end exit at once; masks
+// The two consumers run their loops independently, so one's softmax overlaps the other's MMAs;
+// with OVERLAP (the compiled default) each consumer also runs the softmax of tile n+1 while its
+// own PV(n) is in flight.
+// kVar: packed variable-length batches (cu_seqlens_q/k, seqused_k; no block_table): the grid lays
+// the sequences' row blocks out along x (see the kernel's prologue); masks
 // and ALiBi use the sequence's own lengths; TMA reads the packed (total, heads, d) tensors from the
 // sequence's first row (rows past its end belong to the next sequence: keys there are masked like
 // keys past seqlen_k, query rows there are computed and never stored); O and lse are written row
@@ -77,8 +76,7 @@ struct Sm90Args {
   AttnParams p;
 };
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
-          bool kVar = false, bool kFlat = false>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool kVar = false>
 __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args args) {
 #if FLASHPLUS_HAS_WGMMA
   using Tr = Sm90Traits<D, BN, STAGES>;
@@ -100,7 +98,7 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
 
   const int tid = threadIdx.x;
   int m_block, b;
-  if constexpr (kVar && kFlat) {
+  if constexpr (kVar) {
     // Varlen, flattened grid (no block per max_seqlen_q row block of every sequence): sequence b
     // owns blocks [start(b), start(b + 1)) of x, start(b) = cu_seqlens_q[b] / kBM + b, i.e. its
     // ceil(len / kBM) row blocks and at most one spare (which exits). Each warp finds b with one
@@ -402,27 +400,13 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
       // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S(n+1) = Q K(n+1)^T and
       // O += P(n) V(n) are in flight while the softmax of S(n+1) runs; O is rescaled once the PV
       // product has landed. Every tile of the block is processed (fully masked ones give P = 0).
-      // PINGPONG (FlashAttention-3's inter-warpgroup schedule): the two consumers take turns to
-      // issue their MMAs (named barriers 3 + c), so one's softmax runs under the other's MMAs.
-      // Each consumer has n_tiles + 1 issue sections; consumer 1 opens with an arrive and skips
-      // its last one, so every arrival is matched. Off when consumer 1 has no valid row.
-      const bool pp = PINGPONG && rows_q > 64;  // uniform over the block
-      auto turn_wait = [&] {
-        if (pp) sm90::named_sync(3 + c, 256);
-      };
-      auto turn_pass = [&](bool last) {
-        if (pp && !(last && c == 1)) sm90::named_arrive(3 + (1 - c), 256);
-      };
-      if (pp && c == 1) sm90::named_arrive(3, 256);
       if (wg_rows > 0) {
         float sacc[BN / 2];
         uint32_t pa[BN / 16][4];
         {
           float corr[2];
           sm90::mbar_wait(full_k(0), 0);
-          turn_wait();
           issue_s(sacc, sK0);
-          turn_pass(false);
           sm90::wgmma_wait<0>();
           sm90::reg_fence(sacc);
           release(empty_k(0));
@@ -434,10 +418,8 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
           const uint32_t ph = (it / STAGES) & 1, php = ((it - 1) / STAGES) & 1;
           sm90::mbar_wait(full_k(s), ph);
           sm90::mbar_wait(full_v(sp), php);
-          turn_wait();
           issue_s(sacc, sK0 + s * Tr::kKVBytes);
           issue_o(pa, sV0 + sp * Tr::kKVBytes);
-          turn_pass(false);
           sm90::wgmma_wait<1>();  // S(it) has landed; PV(it - 1) may still run
           sm90::reg_fence(sacc);
           release(empty_k(s));
@@ -453,9 +435,7 @@ __global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant_
         const int sl = (n_tiles - 1) % STAGES;
         sm90::mbar_wait(full_v(sl), ((n_tiles - 1) / STAGES) & 1);
         clear_v_tail(sV0 + sl * Tr::kKVBytes, (n_first + n_tiles - 1) * BN);
-        turn_wait();
         issue_o(pa, sV0 + sl * Tr::kKVBytes);
-        turn_pass(true);
         sm90::wgmma_wait<0>();
         sm90::reg_fence(o);
         release(empty_v(sl));
@@ -583,8 +563,7 @@ inline Status sm90_supports(const AttnParams& p) {
   return Status::Ok();
 }
 
-template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool PINGPONG = false,
-          bool kVar = false, bool kFlat = false>
+template <typename T, int D, int BN, int STAGES, bool OVERLAP, bool kVar = false>
 Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
   using Tr = Sm90Traits<D, BN, STAGES>;
   FLASHPLUS_RETURN_IF_ERROR(sm90_supports<kVar>(p));
@@ -602,13 +581,13 @@ Status launch_fwd_sm90_tile(const AttnParams& p, gpuStream_t stream) {
                                                p.k_stride, BN));
   FLASHPLUS_RETURN_IF_ERROR(make_tensor_map<T>(&a.tv, p.v, p.head_dim, rows_k, p.nheads_k, nb,
                                                p.v_stride, BN));
-  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, PINGPONG, kVar, kFlat>;
+  auto kernel = fwd_sm90_kernel<T, D, BN, STAGES, OVERLAP, kVar>;
   FLASHPLUS_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            Tr::kSmemBytes));
-  // Varlen, flattened: total_q / kBM + batch blocks per head (see the kernel); else one block
-  // per row block of max_seqlen_q per sequence (those past a sequence's end exit).
-  const dim3 grid = kVar && kFlat ? dim3(p.total_q / Tr::kBM + p.batch, p.nheads, 1)
-                                  : dim3((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
+  // Varlen: total_q / kBM + batch blocks per head (see the kernel); dense: one block per row
+  // block.
+  const dim3 grid = kVar ? dim3(p.total_q / Tr::kBM + p.batch, p.nheads, 1)
+                         : dim3((p.seqlen_q + Tr::kBM - 1) / Tr::kBM, p.nheads, p.batch);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(a);
   FLASHPLUS_GPU_CHECK_LAUNCH("fwd_sm90_kernel");
   return Status::Ok();
@@ -627,9 +606,7 @@ Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
     if ((is_default && first) ||                                                            \
         (cfg.block_m == BM && cfg.block_n == BN && cfg.num_warps == kSm90Warps &&           \
          (cfg.stages == ST || cfg.stages == 0)))                                            \
-      return kVar && fwd_sm90_varlen_mode() == 1                                            \
-                 ? launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, false>(p, stream)   \
-                 : launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, kVar>(p, stream);   \
+      return launch_fwd_sm90_tile<T, DD, BN, ST, OV, kVar>(p, stream);                       \
     first = false;                                                                          \
   }
   if constexpr (D == 64) { FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_TRY) }

@@ -125,9 +125,6 @@ template <int N> FP_DEV void setmaxnreg_dec() {
 FP_DEV void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-FP_DEV void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 
 #endif  // FLASHPLUS_VENDOR_CUDA
 

@@ -1,8 +1,8 @@
 // KV-cache decoding on the GPU (mha_fwd_kvcache): the host-side interface of kernels/gpu/kvcache.
 //
 // One call = up to three launches on the caller's stream:
-//   1. pre-pass (only with rotary, or an append the attention cannot take: FLASHPLUS_KVCACHE_FUSE=0,
-//      k_new/v_new rows not 16-byte aligned): k_new/v_new appended into the cache in place at
+//   1. pre-pass (only with rotary, or an append the attention cannot take: k_new/v_new
+//      rows not 16-byte aligned): k_new/v_new appended into the cache in place at
 //      logical positions cache_seqlens[b] .. + seqlen_new - 1 (k rotated there), q rotated at
 //      AttnParams::rotary_pos_q into a stream-ordered workspace the attention then reads; an
 //      append without rotary is otherwise done by the attention (new keys read from k_new, one
@@ -16,7 +16,7 @@
 // dereferenced and sets the flag of its kind (KvcacheError bit i = flag i, in mapped pinned host
 // memory); the host reads the flags once every attention block has checked its indices (before
 // its key loop: the early report's done word, kvcache_kernel.cuh) and returns Status::Invalid
-// while the kernels finish (FLASHPLUS_KVCACHE_EARLY=0: after a stream synchronisation instead).
+// while the kernels finish.
 #pragma once
 #include <string>
 #include <vector>
@@ -61,7 +61,7 @@ Status kvcache_supports(const AttnParams& p);
 // Runs the call with tile `cfg` (block_n, num_warps, stages; 0 = the heuristic's pick) and
 // num_splits (p.num_splits > 0 wins, then cfg.num_splits > 0, else kvcache_num_splits). `check`:
 // wait until every index the kernels read was checked and read the error flags (the kernels may
-// still run; FLASHPLUS_KVCACHE_EARLY=0 synchronises the stream instead). *used receives the
+// still run). *used receives the
 // configuration that ran. NoInstance when cfg names a tile that is not compiled.
 Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInfo& dev,
                    void* stream, bool check, KernelConfig* used);

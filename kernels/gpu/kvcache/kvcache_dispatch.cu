@@ -51,12 +51,6 @@ Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInf
 #endif
 }
 
-#if defined(FLASHPLUS_KV_TRACE) && !FLASHPLUS_VENDOR_HIP
-// Measurement builds only: device buffer of kv::kKvTraceMaxBlocks * kKvTraceWords words for the
-// attention blocks, then kKvTraceCombineWords per combine block (null: no tracing).
-void kv_set_trace(unsigned long long* device_words) { kv::kv_trace_buffer() = device_words; }
-#endif
-
 std::vector<KernelConfig> kvcache_configs(int head_dim) {
   std::vector<KernelConfig> r;
 #if !FLASHPLUS_VENDOR_HIP

@@ -69,31 +69,7 @@ struct KvArgs {
   // 0 between calls; pool_per_split tiles per split go to the group's pool. Null: static splits.
   unsigned* pool_cnt = nullptr;
   int pool_per_split = 0;
-#ifdef FLASHPLUS_KV_TRACE
-  // Measurement builds only (docs/PERF.md "round 8"): per attention block kKvTraceWords timer
-  // readings, then kKvTraceCombineWords per combine block; set by kv_set_trace().
-  unsigned long long* trace = nullptr;
-#endif
 };
-
-#ifdef FLASHPLUS_KV_TRACE
-constexpr int kKvTraceWords = 6;  // entry, after the grid wait, first tile landed, loop end, exit, smid
-constexpr int kKvTraceMaxBlocks = 16384;  // attention blocks traced; the combine's words follow
-constexpr int kKvTraceCombineWords = 3;   // entry, after the grid wait, exit
-inline unsigned long long*& kv_trace_buffer() {
-  static unsigned long long* p = nullptr;
-  return p;
-}
-__device__ __forceinline__ unsigned long long kv_timer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-#define FLASHPLUS_KV_TRACE_AT(buf, word, value) \
-  do {                                          \
-    if ((buf) != nullptr && threadIdx.x == 0) (buf)[word] = (value); \
-  } while (0)
-#endif
 
 // ---- error flags and programmatic dependent launch ---------------------------------------------
 
@@ -322,27 +298,9 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sKV = sQ + TileQ::kElems;  // stage s: K at 2 s, V at 2 s + 1 (tiles of TileKV::kElems)
-#ifdef FLASHPLUS_KV_TRACE
-  unsigned long long* tr =
-      a.trace == nullptr ||
-              (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x >=
-                  kKvTraceMaxBlocks
-          ? nullptr
-          : a.trace + ((static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x +
-                       blockIdx.x) * kKvTraceWords;
-  FLASHPLUS_KV_TRACE_AT(tr, 0, kv_timer());
-#endif
   // Launched with PDL: nothing of global memory before the previous kernel (the pre-pass, or the
   // caller's kernel that wrote cache_seqlens / the cache) has finished.
   kv_grid_wait();
-#ifdef FLASHPLUS_KV_TRACE
-  FLASHPLUS_KV_TRACE_AT(tr, 1, kv_timer());
-  {
-    unsigned smid;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-    FLASHPLUS_KV_TRACE_AT(tr, 5, smid);
-  }
-#endif
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int split = blockIdx.x % a.nsplit, mb = blockIdx.x / a.nsplit;
@@ -677,9 +635,6 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
       if (nn >= 0) load_tile(nn, (i + STAGES - 1) % STAGES, seq(i + STAGES));
       prim::cp_async_commit();
     }
-#ifdef FLASHPLUS_KV_TRACE
-    if (i == 0) FLASHPLUS_KV_TRACE_AT(tr, 2, kv_timer());
-#endif
     const int stage = i % STAGES;
     const uint32_t sK_base = prim::smem_u32(sKV + 2 * stage * TileKV::kElems);
     const uint32_t sV_base = sK_base + TileKV::kBytes;
@@ -767,9 +722,6 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     // tile i + 1.
     if (dyn && tid == 0 && i + STAGES + 1 >= nstat) s_ring[(i + STAGES + 1) & 7] = claim();
   }
-#ifdef FLASHPLUS_KV_TRACE
-  FLASHPLUS_KV_TRACE_AT(tr, 3, kv_timer());
-#endif
   kv_grid_trigger();  // the combine may launch (it waits for this grid before reading)
   prim::cp_async_wait<0>();
   __syncthreads();  // the pipeline's memory becomes the merge area
@@ -833,10 +785,6 @@ __global__ void __launch_bounds__(NW * 32, (KvTraits<D, BN, NW, STAGES>::kMinBlo
     }
   }
   if (bad && a.done == nullptr) kv_report(a.err, bad);  // early report: done before the loop
-#ifdef FLASHPLUS_KV_TRACE
-  __syncthreads();
-  FLASHPLUS_KV_TRACE_AT(tr, 4, kv_timer());
-#endif
 #endif  // FLASHPLUS_HAS_MMA_SYNC
 }
 
@@ -859,17 +807,7 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
   __shared__ float s_w[kMaxSplits];            // exp(lse_s - lse) per split
   __shared__ float s_max[kWarps], s_sum[kWarps];
   __shared__ float4 s_part[kCombineThreads];   // per (group, chunk) partial O
-#ifdef FLASHPLUS_KV_TRACE
-  unsigned long long* tr =
-      a.trace == nullptr || blockIdx.x >= kKvTraceMaxBlocks
-          ? nullptr
-          : a.trace + kKvTraceMaxBlocks * kKvTraceWords + blockIdx.x * kKvTraceCombineWords;
-  FLASHPLUS_KV_TRACE_AT(tr, 0, kv_timer());
-#endif
   kv_grid_wait();  // launched with PDL: the attention's partials are complete past this point
-#ifdef FLASHPLUS_KV_TRACE
-  FLASHPLUS_KV_TRACE_AT(tr, 1, kv_timer());
-#endif
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t rows = static_cast<int64_t>(p.batch) * p.nheads * p.seqlen_q;
   const int64_t rid = blockIdx.x;
@@ -952,10 +890,6 @@ __global__ void __launch_bounds__(kCombineThreads) kv_combine_kernel(const AttnP
     *reinterpret_cast<uint2*>(out) = v;
   }
   if (tid == 0 && p.softmax_lse) p.softmax_lse[p.lse_offset(b, h, i)] = lse;
-#ifdef FLASHPLUS_KV_TRACE
-  __syncthreads();
-  FLASHPLUS_KV_TRACE_AT(tr, 2, kv_timer());
-#endif
 }
 
 // ---- host: launch one tile ----------------------------------------------------------------------
@@ -1004,25 +938,8 @@ cudaError_t kv_launch(void (*kernel)(Args...), dim3 grid, int threads, int smem,
   return cudaLaunchKernelEx(&lc, kernel, args...);
 }
 
-// FLASHPLUS_KVCACHE_PDL=0 launches the attention and the combine without programmatic dependent
-// launch (for A/B measurements); default on where the chip has it (sm_90).
-inline bool kv_pdl_enabled(const DeviceInfo& dev) {
-  static const bool env = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_PDL");
-    return e == nullptr || e[0] != '0';
-  }();
-  return env && dev.arch >= 90 && dev.arch < 1000;
-}
-
-// FLASHPLUS_KVCACHE_FUSE=0 keeps the append in the pre-pass kernel (for A/B measurements);
-// default: an append without rotary is done by the attention kernel (one launch fewer).
-inline bool kv_fuse_enabled() {
-  static const bool env = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_FUSE");
-    return e == nullptr || e[0] != '0';
-  }();
-  return env;
-}
+// Programmatic dependent launch for the attention and the combine where the chip has it (sm_90).
+inline bool kv_pdl_enabled(const DeviceInfo& dev) { return dev.arch >= 90 && dev.arch < 1000; }
 
 template <typename T, int D, int BN, int NW, int STAGES>
 Status kv_launch_tile(const AttnParams& p, const KvArgs& a, cudaStream_t stream, bool pdl) {
@@ -1099,22 +1016,12 @@ inline void kv_err_release(int device, const KvErrSlot& slot) {
   kv_err_free(device).push_back(slot);
 }
 
-// How a checked call waits for its error flags. Default: the early report (KvArgs::done): the
-// host spins on the done word, which the attention's blocks set once all of them have checked
-// their indices (before their key loops), for up to kKvEarlySpinUs microseconds, then falls back
-// to cudaStreamSynchronize (work queued ahead of the call, a failed kernel); the call returns
-// while its kernels still run, as an unchecked call does. FLASHPLUS_KVCACHE_EARLY=0: synchronise
-// the stream and read the flags the kernels reported at their end (round 4's way, for A/B);
-// =N: spin up to N microseconds.
+// How a checked call waits for its error flags: the early report (KvArgs::done): the host spins
+// on the done word, which the attention's blocks set once all of them have checked their indices
+// (before their key loops), for up to kKvEarlySpinUs microseconds, then falls back to
+// cudaStreamSynchronize (work queued ahead of the call, a failed kernel); the call returns while
+// its kernels still run, as an unchecked call does.
 constexpr int kKvEarlySpinUs = 20000;
-inline int kv_early_spin_us() {
-  static const int v = [] {
-    const char* e = std::getenv("FLASHPLUS_KVCACHE_EARLY");
-    if (e == nullptr || e[0] == '\0') return kKvEarlySpinUs;
-    return std::max(0, std::atoi(e));
-  }();
-  return v;
-}
 
 // Spins until *word != 0 (true) or `us` microseconds passed (false).
 inline bool kv_spin_done(const int* word, int us) {
@@ -1232,9 +1139,6 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
                                               pool, stream));
   KvArgs a;
   a.nsplit = nsplit;
-#ifdef FLASHPLUS_KV_TRACE
-  a.trace = kv_trace_buffer();
-#endif
   // The shared tail's counters first: nothing to give back if that fails.
   if (nsplit > 1 && kKvcachePoolPerSplit > 0 && rows > 0) {
     const int64_t mblocks = (static_cast<int64_t>(p.seqlen_q) * p.group() + kRows - 1) / kRows;
@@ -1266,9 +1170,9 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.row % 8 == 0 && st.head % 8 == 0 &&
            st.batch % 8 == 0;
   };
-  a.fuse_append = append && !rot && rows > 0 && kv_fuse_enabled() &&
+  a.fuse_append = append && !rot && rows > 0 &&
                   rows16(p.k_new, p.knew_stride) && rows16(p.v_new, p.vnew_stride);
-  const int spin_us = check && rows > 0 ? kv_early_spin_us() : 0;
+  const int spin_us = check && rows > 0 ? kKvEarlySpinUs : 0;
   if (spin_us > 0) {
     a.done = slot.device + kKvErrSlots;
     a.done_count = slot.count;

@@ -6,6 +6,7 @@
 // foreign-version or unreadable table never crashes and never picks a wrong kernel: one warning
 // line on stderr, then the heuristics. Schema: docs/TUNING.md.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -111,7 +112,7 @@ class TunedTable {
 
   // Metadata written by autotune.
   std::string device;        // "NVIDIA H100 80GB HBM3"
-  std::string fingerprint;   // "sm_90:132sm" — what a table must match to be used
+  std::string fingerprint;   // "sm_90-132sm-79g": the device class it was measured on
   std::string git_revision;
   std::string created;       // ISO date
 
@@ -119,19 +120,41 @@ class TunedTable {
   std::map<std::string, TunedEntry> entries_;
 };
 
-// The device class a tuned table is valid for: "<arch>-<N>sm" on GPUs ("sm_90-132sm"),
-// "cpu-<arch>" on the CPU ("cpu-x86_64").
+// The device class a tuned table is valid for: "<arch>-<N>sm-<M>g" on GPUs (SM count, memory in
+// GiB rounded: "sm_90-132sm-79g"), "cpu-<arch>" on the CPU ("cpu-x86_64").
 std::string device_fingerprint(const DeviceDesc& d);
 // The fingerprint of the first device of backend `b` ("" when it has none).
 std::string backend_fingerprint(Backend b);
 
+// A GPU fingerprint's parts: "sm_90-132sm-79g" = arch "sm_90", 132 SMs, 79 GiB (memory -1 when the
+// fingerprint has none: "sm_90-132sm"). False for anything else (CPU fingerprints "cpu-x86_64").
+struct FingerprintParts {
+  std::string arch;
+  int multiprocessors = 0;
+  int memory_gib = -1;
+};
+bool parse_fingerprint(const std::string& fingerprint, FingerprintParts* out);
+
+// Which of the `available` tables' fingerprints a device of fingerprint `want` uses: `want`
+// itself when present; else the nearest of the same architecture (GPU fingerprints only): the
+// same SM count first, then the closest memory size, then the closest SM count, then the
+// smallest name. "" when none qualifies (another architecture, a CPU fingerprint). `nearest`
+// (optional) tells whether the answer is not `want` itself.
+std::string nearest_fingerprint(const std::string& want, const std::vector<std::string>& available,
+                                bool* nearest = nullptr);
+
 // ---- the table in use ----------------------------------------------------------------------
-// Loaded once per process from $FLASHPLUS_TUNED_TABLE, else configs/tuned/<fingerprint>.json
-// next to the executable (../configs, ../../configs) or under the install prefix. Returns
-// nullptr when no usable table exists (the heuristics are used).
+// Loaded once per process from $FLASHPLUS_TUNED_TABLE, else <fingerprint>.json relative to the
+// loaded library (<libdir>/../share/flashplus/tuned, the build tree), else relative to the
+// executable (docs/TUNING.md); when no file carries the device's exact fingerprint, the nearest
+// table of the same architecture (nearest_fingerprint) found there. Returns nullptr when no
+// usable table exists (the heuristics are used).
 const TunedTable* active_table(const std::string& fingerprint);
 // Where the active table came from, or why none is used ("none: ..."), for `flashplus info`.
 std::string active_table_source(const std::string& fingerprint);
+// Why that table was chosen: "exact" (it names this fingerprint), "nearest: <its fingerprint>,
+// same arch, ..." (the fallback rule above), or "" when no table is in use.
+std::string active_table_match(const std::string& fingerprint);
 // Tests: forget the cached table so the next call reloads (not thread-safe with lookups).
 void reset_active_tables_for_testing();
 
@@ -139,5 +162,12 @@ void reset_active_tables_for_testing();
 // `from_table` (optional) tells which one was used.
 KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
                            const KernelConfig& heuristic, bool* from_table = nullptr);
+// The same for a backend that can tell whether it compiled an entry's configuration: an entry
+// `compiled` rejects (a stale or unknown kernel) is a warning on stderr (once per key) and the
+// heuristics' choice.
+KernelConfig choose_config(const std::string& fingerprint, const TuneKey& key,
+                           const KernelConfig& heuristic,
+                           const std::function<bool(const KernelConfig&)>& compiled,
+                           bool* from_table = nullptr);
 
 }  // namespace flashplus

@@ -10,7 +10,7 @@
 //
 // Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Ikernels/include
 //        -Ikernels/src kernels/gpu/fwd_sm90/selftest/sm90_selftest.cu kernels/gpu/fwd_sm90/*.cu
-// Run:   sm90_selftest [gemm | gemm-swap] [check] [bench] [simple | s3 | pp]
+// Run:   sm90_selftest [gemm | gemm-swap] [check] [bench] [simple | s3]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -54,23 +54,21 @@ static uint16_t from_f(DType t, float x) {
 }
 
 // The kernel variant under test: the library's default tile (""), or one instantiated here:
-// "simple" (no intra-warpgroup overlap, 2 stages), "s3" (overlap, 3 K/V stages), "pp" (overlap
-// plus the ping-pong schedule of the two consumers).
+// "simple" (no intra-warpgroup overlap, 2 stages), "s3" (overlap, 3 K/V stages).
 static std::string g_variant;
-template <bool OV, int ST, bool PP = false>
+template <bool OV, int ST>
 static Status run_tile(const AttnParams& p) {
   using namespace gpu::sm90fwd;
   const bool bf = p.dtype == DType::bf16;
   if (p.head_dim <= 64)
-    return bf ? launch_fwd_sm90_tile<platform::bf16_t, 64, 128, ST, OV, PP>(p, nullptr)
-              : launch_fwd_sm90_tile<platform::half_t, 64, 128, ST, OV, PP>(p, nullptr);
-  return bf ? launch_fwd_sm90_tile<platform::bf16_t, 128, 128, ST, OV, PP>(p, nullptr)
-            : launch_fwd_sm90_tile<platform::half_t, 128, 128, ST, OV, PP>(p, nullptr);
+    return bf ? launch_fwd_sm90_tile<platform::bf16_t, 64, 128, ST, OV>(p, nullptr)
+              : launch_fwd_sm90_tile<platform::half_t, 64, 128, ST, OV>(p, nullptr);
+  return bf ? launch_fwd_sm90_tile<platform::bf16_t, 128, 128, ST, OV>(p, nullptr)
+            : launch_fwd_sm90_tile<platform::half_t, 128, 128, ST, OV>(p, nullptr);
 }
 static Status run_variant(const AttnParams& p) {
   if (g_variant == "simple") return run_tile<false, 2>(p);
   if (g_variant == "s3") return run_tile<true, 3>(p);
-  if (g_variant == "pp") return run_tile<true, 2, true>(p);
   return gpu::run_fwd_sm90(p, gpu::KernelConfig{}, nullptr);
 }
 static const char* vtag() { return g_variant.empty() ? "" : g_variant.c_str(); }
@@ -403,7 +401,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "gemm")) do_gemm = true;
     if (!strcmp(argv[i], "gemm-swap")) do_gemm = swapped = true;
-    if (!strcmp(argv[i], "simple") || !strcmp(argv[i], "s3") || !strcmp(argv[i], "pp"))
+    if (!strcmp(argv[i], "simple") || !strcmp(argv[i], "s3"))
       g_variant = argv[i];
     if (!strcmp(argv[i], "check")) do_check = true;
     if (!strcmp(argv[i], "bench")) do_bench = true;
