@@ -14,6 +14,7 @@
 #endif
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/isa.h"
 #include "flashplus/numerics.h"
 
 // An AVX2+FMA clone of the row conversion next to the baseline one, picked by the loader (ifunc)
@@ -68,6 +69,27 @@ __attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* s, int n
   for (; x < n; ++x) d[x] = half_to_f32_fast(s[x]);
 }
 const bool kHaveF16C = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+// bf16 -> fp32 is a 16-bit shift: widen 8 (16) halves to 32 bits and shift them up. The scalar
+// loop of the baseline build was ~14% of a bf16 forward's time.
+__attribute__((target("avx2"))) void bf16_row_avx2(const uint16_t* s, int n, float* d) {
+  int x = 0;
+  for (; x + 8 <= n; x += 8) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + x)));
+    _mm256_storeu_ps(d + x, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  for (; x < n; ++x) d[x] = bf16_bits_to_float(s[x]);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2"))) void bf16_row_avx512(const uint16_t* s, int n,
+                                                                                float* d) {
+  int x = 0;
+  for (; x + 16 <= n; x += 16) {
+    // maskz forms: GCC 12 warns on the unmasked ones' _mm512_undefined (a false positive).
+    const __m512i w =
+        _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + x)));
+    _mm512_storeu_ps(d + x, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, w, 16)));
+  }
+  for (; x < n; ++x) d[x] = bf16_bits_to_float(s[x]);
+}
 #endif
 }  // namespace
 
@@ -88,6 +110,15 @@ void load_row(const void* base, DType t, int64_t off, int n, float* dst) {
     }
     case DType::bf16: {
       const uint16_t* s = static_cast<const uint16_t*>(base) + off;
+#if defined(__x86_64__) && defined(__GNUC__)
+      // The conversion follows the active ISA path (isa.h), like the GEMMs.
+      switch (active_isa()) {
+        case Isa::avx512:
+        case Isa::avx512bf16: bf16_row_avx512(s, n, dst); return;
+        case Isa::avx2: bf16_row_avx2(s, n, dst); return;
+        default: break;
+      }
+#endif
       for (int x = 0; x < n; ++x) dst[x] = bf16_bits_to_float(s[x]);
       break;
     }
