@@ -60,9 +60,18 @@ Isa fall_back(Isa want) {
   return Isa::scalar;
 }
 
+// The default path: the best one the CPU runs, except that avx512bf16 is opt-in. Its vdpbf16ps
+// kernel ran at half the fp32 AVX-512 kernel's throughput on the 2-core dev machine (Xeon; one
+// thread, 128 x 64 x 128: ~37-59 vs ~65-74 GFLOP/s, about the AVX2 kernel's), and the bf16
+// forward was ~5% slower end to end, so avx512 is the default until a CPU shows otherwise.
+Isa default_isa() {
+  const Isa det = detected_isa();
+  return det == Isa::avx512bf16 ? Isa::avx512 : det;
+}
+
 Isa from_env() {
   static const Isa chosen = [] {
-    const Isa det = detected_isa();
+    const Isa det = default_isa();
     const char* e = std::getenv("FLASHPLUS_CPU_ISA");
     if (!e || !*e) return det;
     Isa want;

@@ -1,8 +1,8 @@
 // Run-time choice of the CPU micro-kernels' instruction set, made in one place (isa.cpp).
 //
 // One binary runs on any x86-64 (or aarch64): the CPU is probed once, and the best path it can
-// run is used unless FLASHPLUS_CPU_ISA (read only here; docs/ENV.md "CPU ISA") or set_isa()
-// (tests) asks for a lower one. Paths, lowest first:
+// run is used (avx512bf16 only on request, see active_isa) unless FLASHPLUS_CPU_ISA (read only
+// here; docs/ENV.md "CPU ISA") or set_isa() (tests) asks for another. Paths, lowest first:
 //   scalar      the portable baseline build (SSE2 on x86-64; NEON is part of aarch64's baseline)
 //   avx2        AVX2 + FMA: 8-wide fp32 FMA micro-kernels
 //   avx512      AVX-512 F/BW/VL: 16-wide fp32 FMA micro-kernels
@@ -29,7 +29,9 @@ Isa detected_isa();
 // Every path this CPU runs, lowest first (always starts with scalar).
 std::vector<Isa> supported_isas();
 
-// The path the kernels use now: set_isa()'s, else FLASHPLUS_CPU_ISA's, else detected_isa().
+// The path the kernels use now: set_isa()'s, else FLASHPLUS_CPU_ISA's, else the default: the
+// detected path, except that avx512bf16 is opt-in (its vdpbf16ps kernel measured slower than the
+// fp32 AVX-512 one on the dev machine, isa.cpp), so a CPU with AVX512_BF16 defaults to avx512.
 // An environment value the CPU cannot run falls back, with one warning on stderr, to the
 // highest supported path not above it (a path of the other architecture: scalar); an unknown
 // value is ignored with a warning.
