@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "cpu/isa.h"
 #include "flashplus/tuning.h"
 #include "common.h"
 #include "paths.h"
@@ -27,6 +28,8 @@ void register_info(CLI::App& app, Action& action) {
         list += (list.empty() ? "" : ", ") + std::string(backend_name(b));
       fmt::print("backends compiled: {}\n", list);
       fmt::print("auto -> {}\n", backend_name(best_backend()));
+      fmt::print("cpu isa: {} (detected {}; docs/ENV.md \"CPU ISA\")\n",
+                 cpu::isa_name(cpu::active_isa()), cpu::isa_name(cpu::detected_isa()));
       const auto devices = list_devices();
       fmt::print("devices: {}\n", devices.size());
       for (const DeviceDesc& d : devices) {

@@ -36,7 +36,12 @@ struct BwdScratch {
   Buffer pt, dst;   // [kBlockN][kBlockM]: P^T and dS^T (pass 1)
   Buffer acc1, acc2;  // [kBlockN][dp] dK, dV (pass 1) or [kBlockM][dp] dQ (pass 2)
   Buffer row;
-  explicit BwdScratch(int d)
+  // bf16 inputs on a path with a bf16 dot product: S = Q K^T and dP = dO V^T from bf16 pairs.
+  bool bfdot = false;
+  Buffer q16, do16;  // [kBlockM][dp] bf16 bits
+  Buffer ktp, vtp;   // [dp / 2][kBlockN][2] bf16 bits
+  uint16_t* u16(Buffer& b) { return reinterpret_cast<uint16_t*>(b.data()); }
+  explicit BwdScratch(int d, bool bf)
       : dp(round_up(d, kNr)),
         q(static_cast<size_t>(kBlockM) * dp),
         dout(static_cast<size_t>(kBlockM) * dp),
@@ -50,15 +55,25 @@ struct BwdScratch {
         dst(static_cast<size_t>(kBlockN) * kBlockM),
         acc1(static_cast<size_t>(std::max(kBlockM, kBlockN)) * dp),
         acc2(static_cast<size_t>(std::max(kBlockM, kBlockN)) * dp),
-        row(dp) {}
+        row(dp),
+        bfdot(bf),
+        q16(bf ? static_cast<size_t>(kBlockM) * dp / 2 : 0),
+        do16(bf ? static_cast<size_t>(kBlockM) * dp / 2 : 0),
+        ktp(bf ? static_cast<size_t>(dp) * kBlockN / 2 : 0),
+        vtp(bf ? static_cast<size_t>(dp) * kBlockN / 2 : 0) {}
 };
 
 template <int kBlockM, int kBlockN>
 void load_kv(const AttnParams& p, int b, int hk, int j0, int n, bool want_k, BwdScratch<kBlockM, kBlockN>& w) {
   KvTileDst kv;
   kv.ld = kBlockN;
-  kv.kt = w.kt.data();
-  kv.vt = w.vt.data();
+  if (w.bfdot) {
+    kv.ktp = w.u16(w.ktp);
+    kv.vtp = w.u16(w.vtp);
+  } else {
+    kv.kt = w.kt.data();
+    kv.vt = w.vt.data();
+  }
   kv.k = want_k ? w.k.data() : nullptr;
   load_kv_tile(p, b, hk, j0, n, w.dp, kv, w.row.data());
 }
@@ -74,6 +89,10 @@ void load_q_do(const AttnParams& p, int b, int h, int i0, int nr, BwdScratch<kBl
              w.q.data() + static_cast<int64_t>(r) * w.dp);
     load_row(p.dout, p.dtype, p.q_offset(p.dout_stride, b, i0 + r) + h * p.dout_stride.head,
              p.head_dim, w.dout.data() + static_cast<int64_t>(r) * w.dp);
+  }
+  if (w.bfdot) {
+    pack_bf16_rows(w.q.data(), w.dp, kBlockM, w.dp, w.u16(w.q16));
+    pack_bf16_rows(w.dout.data(), w.dp, kBlockM, w.dp, w.u16(w.do16));
   }
 }
 
@@ -96,8 +115,13 @@ void tile_grads(const AttnParams& p, int b, int h, int sq, int sk, int i0, int n
   const size_t tile = static_cast<size_t>(kBlockM) * kBlockN;
   std::fill(s, s + tile, 0.f);
   std::fill(dpm, dpm + tile, 0.f);
-  gemm_acc(mr, kBlockN, d, w.q.data(), w.dp, w.kt.data(), kBlockN, s, kBlockN);
-  gemm_acc(mr, kBlockN, d, w.dout.data(), w.dp, w.vt.data(), kBlockN, dpm, kBlockN);
+  if (w.bfdot) {
+    gemm_bf16_acc(mr, kBlockN, d, w.u16(w.q16), w.dp, w.u16(w.ktp), 2 * kBlockN, s, kBlockN);
+    gemm_bf16_acc(mr, kBlockN, d, w.u16(w.do16), w.dp, w.u16(w.vtp), 2 * kBlockN, dpm, kBlockN);
+  } else {
+    gemm_acc(mr, kBlockN, d, w.q.data(), w.dp, w.kt.data(), kBlockN, s, kBlockN);
+    gemm_acc(mr, kBlockN, d, w.dout.data(), w.dp, w.vt.data(), kBlockN, dpm, kBlockN);
+  }
   for (int r = 0; r < kBlockM; ++r) {
     float* srow = s + static_cast<int64_t>(r) * kBlockN;
     float* prow = pr + static_cast<int64_t>(r) * kBlockN;
@@ -257,6 +281,7 @@ Status bwd_tiles(const AttnParams& p, const RunOptions& opts) {
   const int nthreads_max = resolve_threads(opts);
   const int64_t bh = static_cast<int64_t>(p.batch) * p.nheads;
   const int d = p.head_dim;
+  const bool bfdot = p.dtype == DType::bf16 && bf16_dot_active();
   // Actual lengths per sequence (varlen: from cu_seqlens; fixed length: all equal). Work items
   // exist only for real tokens.
   std::vector<int> sqs(p.batch), sks(p.batch);
@@ -302,7 +327,7 @@ Status bwd_tiles(const AttnParams& p, const RunOptions& opts) {
     std::atomic<int64_t> next{0};
     const int nt = static_cast<int>(std::min<int64_t>(nthreads_max, items));
     FLASHPLUS_RETURN_IF_ERROR(run_threads(nt, [&](int) {
-      BwdScratch<kBlockM, kBlockN> w(d);
+      BwdScratch<kBlockM, kBlockN> w(d, bfdot);
       for (int64_t it; (it = next.fetch_add(1)) < items;) {
         const auto& t = ktiles[static_cast<size_t>(it / p.nheads_k)];
         dkdv_tile(p, t.first, static_cast<int>(it % p.nheads_k), t.second, sqs[t.first],
@@ -317,7 +342,7 @@ Status bwd_tiles(const AttnParams& p, const RunOptions& opts) {
     std::atomic<int64_t> next{0};
     const int nt = static_cast<int>(std::min<int64_t>(nthreads_max, items));
     FLASHPLUS_RETURN_IF_ERROR(run_threads(nt, [&](int) {
-      BwdScratch<kBlockM, kBlockN> w(d);
+      BwdScratch<kBlockM, kBlockN> w(d, bfdot);
       for (int64_t it; (it = next.fetch_add(1)) < items;) {
         const auto& t = qtiles[static_cast<size_t>(it / p.nheads)];
         dq_tile(p, t.first, static_cast<int>(it % p.nheads), t.second, sqs[t.first], sks[t.first],

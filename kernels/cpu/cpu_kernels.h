@@ -34,10 +34,32 @@ static_assert(kBlockM % kMr == 0 && kBlockN % kNr == 0 && kBlockM % kNr == 0,
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // C[M x N] += A[M x K] * B[K x N], all fp32 row-major, M % kMr == 0, N % kNr == 0.
-// Vectorises over N without reassociating sums, so it is exact IEEE fp32 (with FMA where the
-// CPU has it; the x86-64 build carries an AVX2+FMA clone chosen at load time).
+// Vectorises over N without reassociating sums, so it is exact IEEE fp32 (with FMA on the AVX
+// paths). The micro-kernel is the active ISA path's (isa.h, gemm.cpp).
 void gemm_acc(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
               int ldc);
+
+// Whether the active path has a bf16 dot product (avx512bf16): the kernels then keep bf16
+// inputs as bf16 pairs for Q K^T and dO V^T and call gemm_bf16_acc.
+bool bf16_dot_active();
+// C[M x N] += A[M x K] * B[K x N] from bf16 bits, fp32 accumulation. A: row-major bf16 [M][lda];
+// Bp: B as bf16 pairs, element (k, j) at Bp[(k / 2) * ldbp + 2 * j + k % 2] (ldbp >= 2 * N).
+// K odd reads one pair past K: A's column K and Bp's row K must be zero (the padding is).
+// M % kMr == 0, N % kNr == 0.
+void gemm_bf16_acc(int M, int N, int K, const uint16_t* A, int lda, const uint16_t* Bp, int ldbp,
+                   float* C, int ldc);
+// The bf16 bits of a value that is exactly a bf16 (loaded from a bf16 tensor): truncation.
+inline uint16_t bf16_bits_exact(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  return static_cast<uint16_t>(u >> 16);
+}
+// Rows of fp32 values that are exactly bf16 as bf16 bits: dst[r * ld + x] for x < n, r < rows.
+inline void pack_bf16_rows(const float* src, int ld, int rows, int n, uint16_t* dst) {
+  for (int r = 0; r < rows; ++r)
+    for (int x = 0; x < n; ++x)
+      dst[static_cast<int64_t>(r) * ld + x] = bf16_bits_exact(src[static_cast<int64_t>(r) * ld + x]);
+}
 
 // Convert n elements of a `t` buffer starting at element `off` to fp32.
 void load_row(const void* base, DType t, int64_t off, int n, float* dst);
@@ -53,9 +75,13 @@ void load_tile_rows(const void* base, DType t, const Strides3& st, int b, int h,
 // zero so stale data never reaches a GEMM. Each destination is optional (nullptr = skip):
 // kt, vt: [dp][kBlockN] (transposed: S = Q K^T and dP = dO V^T vectorise over keys);
 // k, v:   [kBlockN][dp] (O += P V, dQ += dS K). `row` is d floats of staging.
+// ktp, vtp: bf16 tensors only: K^T / V^T as bf16 pairs for gemm_bf16_acc, entry (x, c) at
+//   [(x / 2) * 2 * ld + 2 * c + x % 2] ([dp / 2][ld][2]; rows d.. are never written: keep zero).
 struct KvTileDst {
   float* kt = nullptr;
   float* vt = nullptr;
+  uint16_t* ktp = nullptr;
+  uint16_t* vtp = nullptr;
   float* k = nullptr;
   float* v = nullptr;
   int ld = kBlockN;  // row length of kt/vt and entries loaded: the kernel's block_n (tiles.h)

@@ -37,6 +37,9 @@ struct FwdScratch {
   Buffer s;        // [kBlockM][kBlockN] scores, then probabilities
   Buffer o;        // [kBlockM][dp] unnormalised output
   Buffer row;      // [dp] conversion staging
+  // bf16 inputs on a path with a bf16 dot product (bf16_dot_active): S = Q K^T from bf16 pairs.
+  Buffer q16;      // [kBlockM][dp] bf16 bits
+  Buffer ktp;      // [dp / 2][kBlockN][2] bf16 bits
   float m[kBlockM];
   float l[kBlockM];
   explicit FwdScratch(int d)
@@ -46,7 +49,11 @@ struct FwdScratch {
         v(static_cast<size_t>(kBlockN) * dp),
         s(static_cast<size_t>(kBlockM) * kBlockN),
         o(static_cast<size_t>(kBlockM) * dp),
-        row(dp) {}
+        row(dp),
+        q16(static_cast<size_t>(kBlockM) * dp / 2),
+        ktp(static_cast<size_t>(dp) * kBlockN / 2) {}
+  uint16_t* q16p() { return reinterpret_cast<uint16_t*>(q16.data()); }
+  uint16_t* ktpp() { return reinterpret_cast<uint16_t*>(ktp.data()); }
 };
 
 // One work item: query tile qt of head h of sequence b (actual lengths sq, sk), restricted to keys
@@ -70,6 +77,7 @@ void fwd_tile(const AttnParams& p, const TileJob& job, FwdScratch<kBlockM, kBloc
   const float slope = alibi_slope(p, b, h);
   const bool dropout = p.has_dropout();
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const bool bfdot = p.dtype == DType::bf16 && bf16_dot_active();
 
   float* q = w.q.data();
   float* s = w.s.data();
@@ -79,6 +87,7 @@ void fwd_tile(const AttnParams& p, const TileJob& job, FwdScratch<kBlockM, kBloc
   for (int r = 0; r < nr; ++r)
     load_row(p.q, p.dtype, p.q_offset(p.q_stride, b, i0 + r) + h * p.q_stride.head, d,
              q + static_cast<int64_t>(r) * dp);
+  if (bfdot) pack_bf16_rows(q, dp, kBlockM, dp, w.q16p());
   int lo[kBlockM], hi[kBlockM];
   for (int r = 0; r < nr; ++r) {
     p.key_range(i0 + r, sq, sk, &lo[r], &hi[r]);
@@ -95,12 +104,18 @@ void fwd_tile(const AttnParams& p, const TileJob& job, FwdScratch<kBlockM, kBloc
   for (int j0 = klo; j0 < khi; j0 += kBlockN) {
     const int nc = std::min(kBlockN, khi - j0);
     KvTileDst kv;
-    kv.kt = w.kt.data();
+    if (bfdot)
+      kv.ktp = w.ktpp();
+    else
+      kv.kt = w.kt.data();
     kv.v = w.v.data();
     kv.ld = kBlockN;
     load_kv_tile(p, b, hk, j0, nc, dp, kv, w.row.data());
     std::fill(s, s + static_cast<int64_t>(kBlockM) * kBlockN, 0.f);
-    gemm_acc(mr, kBlockN, d, q, dp, w.kt.data(), kBlockN, s, kBlockN);
+    if (bfdot)
+      gemm_bf16_acc(mr, kBlockN, d, w.q16p(), dp, w.ktpp(), 2 * kBlockN, s, kBlockN);
+    else
+      gemm_acc(mr, kBlockN, d, q, dp, w.kt.data(), kBlockN, s, kBlockN);
 
     for (int r = 0; r < nr; ++r) {
       float* srow = s + static_cast<int64_t>(r) * kBlockN;
