@@ -10,6 +10,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -104,7 +105,12 @@ __attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* s, int n
     _mm256_storeu_ps(d + x, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + x))));
   for (; x < n; ++x) d[x] = half_to_f32_fast(s[x]);
 }
-const bool kHaveF16C = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14 has no "f16c" for __builtin_cpu_supports.
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+const bool kHaveF16C = __builtin_cpu_supports("avx2") && cpu_has_f16c();
 #endif
 }  // namespace
 
