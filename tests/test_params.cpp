@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "flashplus/api.h"
+#include "flashplus/flashplus_c.h"
 #include "params.h"  // kernels/src: canonicalize_window
 
 using namespace flashplus;
@@ -386,4 +387,35 @@ TEST_CASE("misaligned tensors are refused before anything is read", "[params]") 
     a.cu_seqlens_q = TensorView::contiguous(cuk.data(), DType::i32, {3});
     CHECK(mha_varlen_fwd(a).ok());
   }
+}
+
+// Found by tests/fuzz/fuzz_c_api (issue 17): a DLTensor whose device_type has no enumerator in
+// our dlpack.h (a C caller, or a newer DLPack) was loaded as a DLDeviceType (UBSan: invalid
+// enum load). It is an unsupported device, reported with its number.
+TEST_CASE("the C ABI refuses an unknown DLPack device type by number", "[params]") {
+  std::vector<float> buf(2 * 3 * 1 * 8, 0.5f), lse(2 * 3);
+  int64_t shape[] = {2, 3, 1, 8}, lse_shape[] = {2, 1, 3};
+  DLTensor t{};
+  t.data = buf.data();
+  t.device = {kDLCPU, 0};
+  t.ndim = 4;
+  t.dtype = {kDLFloat, 32, 1};
+  t.shape = shape;
+  DLTensor l = t;
+  l.data = lse.data();
+  l.ndim = 3;
+  l.shape = lse_shape;
+  flashplus_fwd_args a{};
+  a.struct_size = sizeof a;
+  a.q = a.k = a.v = a.out = &t;
+  a.softmax_lse = &l;
+  a.window_size_left = a.window_size_right = -1;
+  a.opts.backend = FLASHPLUS_BACKEND_CPU;
+  REQUIRE(flashplus_mha_fwd(&a) == FLASHPLUS_OK);
+  DLTensor odd = t;
+  const int32_t foreign = 99;
+  std::memcpy(&odd.device.device_type, &foreign, sizeof foreign);
+  a.k = &odd;
+  CHECK(flashplus_mha_fwd(&a) == FLASHPLUS_UNSUPPORTED);
+  CHECK(std::string(flashplus_last_error()).find("k is on DLPack device type 99") != std::string::npos);
 }
