@@ -438,6 +438,17 @@ Suite load_suite(const std::string& path, Backend backend) {
           axes.emplace_back(it.key(), c.to_list(it.value(), kp));
         }
       }
+      // Refuse a matrix whose product is absurd before building any of it: a few hundred bytes
+      // of axes can ask for 10^8 cases (minutes of expansion, gigabytes of case list).
+      size_t product = 1;
+      for (const auto& ax : axes) {
+        product *= ax.second.size();
+        if (product > kMaxSuiteCases) break;
+      }
+      if (s.cases.size() + product > kMaxSuiteCases)
+        c.fail(JsonChecker::join(mp, "axes"),
+               fmt::format("the suite would have more than {} cases; split it into several suites",
+                           kMaxSuiteCases));
       std::vector<size_t> idx(axes.size(), 0);
       for (bool done = false; !done;) {
         CaseBuilder b(c);

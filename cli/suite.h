@@ -15,6 +15,9 @@
 namespace flashplus::cli {
 
 constexpr int kSuiteSchemaVersion = 1;
+// A suite expands to at most this many cases (the shipped ones have a few hundred); a larger
+// matrix is refused before it is expanded.
+constexpr size_t kMaxSuiteCases = 20000;
 
 enum class AlibiMode { none, per_head, per_batch_head };  // "none" | "h" | "bh"
 enum class Layout { contiguous, qkvpacked, kv_in_cache };
