@@ -19,8 +19,11 @@
 
 // An AVX2+FMA clone of the GEMM next to the baseline one, picked by the loader (ifunc) on CPUs
 // that have it. The build stays portable (no -march=native); on the CI/dev x86 machines this
-// roughly doubles the kernel's speed. Other compilers/targets get the baseline only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// roughly doubles the kernel's speed. Other compilers/targets get the baseline only, and so does
+// a ThreadSanitizer build: the clone's ifunc resolver runs while the loader relocates, before
+// the TSan runtime is initialised, and an instrumented resolver crashes the program at load.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define FLASHPLUS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FLASHPLUS_CPU_CLONES
