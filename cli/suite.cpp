@@ -438,13 +438,14 @@ Suite load_suite(const std::string& path, Backend backend) {
           axes.emplace_back(it.key(), c.to_list(it.value(), kp));
         }
       }
-      // A few hundred bytes of axes can multiply to 10^8 cases: refuse before expanding.
+      // A few hundred bytes of axes can multiply to 10^9 cases (minutes of expansion, gigabytes
+      // of case list): refuse before expanding. A double cannot overflow on a product of sizes.
       double product = 1;
       for (const auto& ax : axes) product *= static_cast<double>(ax.second.size());
       if (product + static_cast<double>(s.cases.size()) > static_cast<double>(kMaxSuiteCases))
         c.fail(JsonChecker::join(mp, "axes"),
-               fmt::format("expands to {:.0f} cases, more than the {} a suite may have", product,
-                           kMaxSuiteCases));
+               fmt::format("expands to {:.0f} cases, more than the {} a suite may have; split it "
+                           "into several suites", product, kMaxSuiteCases));
       std::vector<size_t> idx(axes.size(), 0);
       for (bool done = false; !done;) {
         CaseBuilder b(c);

@@ -14,11 +14,10 @@
 
 namespace flashplus::cli {
 
-// A suite expanding to more cases than this is refused while loading (its matrices' axes
-// multiply): the largest shipped suite has a few thousand.
-constexpr size_t kMaxSuiteCases = 200000;
-
 constexpr int kSuiteSchemaVersion = 1;
+// A suite expands to at most this many cases (the shipped ones have at most a few thousand); a
+// larger matrix is refused before it is expanded (a few hundred bytes of axes can ask for 10^9).
+constexpr size_t kMaxSuiteCases = 200000;
 
 enum class AlibiMode { none, per_head, per_batch_head };  // "none" | "h" | "bh"
 enum class Layout { contiguous, qkvpacked, kv_in_cache };

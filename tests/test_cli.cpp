@@ -181,7 +181,10 @@ TEST_CASE("cli: bad inputs give one line, exit 2, and leave no output behind", "
   TempDir d;
   Inputs in;
   in.save(d);
-  d.write("corrupt.npy", std::string("\x93NUMPY\x01\x00\x30\x00{'descr': '<f4', 'fortran", 37));
+  // A header announcing 48 bytes and ending after 25 (the literal without its NUL: ASan found
+  // the old length of 37 reading past it).
+  static const char kCorrupt[] = "\x93NUMPY\x01\x00\x30\x00{'descr': '<f4', 'fortran";
+  d.write("corrupt.npy", std::string(kCorrupt, sizeof kCorrupt - 1));
   {  // float16 .npy (descr '<f2'): rejected, not reinterpreted
     std::string f16 = encode_npy(in.q.data(), {2, 5, 4, 16});
     f16.replace(f16.find("<f4"), 3, "<f2");

@@ -6,6 +6,8 @@
 #include <random>
 #include <set>
 
+#include <fmt/format.h>
+
 #include "bench.h"
 #include "common.h"
 #include "config.h"
@@ -485,6 +487,13 @@ TEST_CASE("suites: errors name the file, the key path and the reason", "[suite]"
       Catch::Contains("key 'known_failures[0].backend'"));
   CHECK_THAT(err(head + R"("bogus": 1, "cases": [{}]})"), Catch::Contains("key 'bogus'"));
   CHECK_THAT(err(head + R"("cases": []})"), Catch::Contains("no cases"));
+  // 10^9 cases from 400 bytes: refused before expanding, naming the matrix's axes.
+  std::string ax;
+  for (const char* k : {"batch", "nheads", "head_dim", "seqlen_q", "seqlen_k", "nheads_k",
+                        "cache_len", "page_size", "num_splits"})
+    ax += fmt::format("{}\"{}\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]", ax.empty() ? "" : ", ", k);
+  CHECK_THAT(err(head + R"("matrices": [{"name": "m", "axes": {)" + ax + "}}]}"),
+             Catch::Contains("key 'matrices[0].axes'") && Catch::Contains("more than the 200000 a suite may have"));
 }
 
 TEST_CASE("verify: guard band check and input generation", "[verify]") {

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <vector>
 
 #include "flashplus/api.h"
+#include "flashplus/flashplus_c.h"
 #include "params.h"  // kernels/src: canonicalize_window
 
 using namespace flashplus;
@@ -340,4 +342,80 @@ TEST_CASE("key_range matches the visibility rule", "[params]") {
       }
     }
   });
+}
+
+// Found by tests/fuzz/fuzz_c_api (issue 17): a cu_seqlens pointer 2 bytes off its int32
+// alignment was read by the host-side length checks (UBSan: misaligned load). Every tensor must
+// be aligned to its element size; each buffer below has room for the shifted view, so a missing
+// check reads no further than the buffer.
+TEST_CASE("misaligned tensors are refused before anything is read", "[params]") {
+  SECTION("fwd: q at an odd address") {
+    ValidFwd a;
+    std::vector<float> shifted(a.qb.size() + 1, 0.5f);
+    a.q.data = reinterpret_cast<char*>(shifted.data()) + 2;
+    require_invalid(a.run(), "q is not aligned to its 4-byte elements");
+  }
+  SECTION("fwd: fp16 out one byte off") {
+    std::vector<uint16_t> qb(2 * 5 * 4 * 16 + 1, 0x3c00), kb(2 * 7 * 2 * 16, 0x3800), ob(qb);
+    std::vector<float> lb(2 * 4 * 5);
+    const auto q = TensorView::contiguous(qb.data(), DType::f16, {2, 5, 4, 16});
+    const auto k = TensorView::contiguous(kb.data(), DType::f16, {2, 7, 2, 16});
+    auto out = TensorView::contiguous(ob.data(), DType::f16, {2, 5, 4, 16});
+    out.data = reinterpret_cast<char*>(ob.data()) + 1;
+    const auto lse = TensorView::contiguous(lb.data(), DType::f32, {2, 4, 5});
+    require_invalid(mha_fwd(q, k, k, out, lse, std::nullopt, 0.f, 0.f, false, -1, -1, 0.f, false),
+                    "out is not aligned to its 2-byte elements");
+  }
+  SECTION("varlen: cu_seqlens_q two bytes off") {
+    std::vector<float> qb(9 * 2 * 16, 0.5f), ob(qb), lb(2 * 9);
+    std::vector<int32_t> cu(4 + 1, 0);
+    const int32_t lens[] = {0, 4, 9};
+    char* cu_shifted = reinterpret_cast<char*>(cu.data()) + 2;
+    std::memcpy(cu_shifted, lens, sizeof lens);
+    std::vector<int32_t> cuk = {0, 4, 9};
+    VarlenFwdArgs a;
+    a.q = TensorView::contiguous(qb.data(), DType::f32, {9, 2, 16});
+    a.k = a.q;
+    a.v = a.q;
+    a.out = TensorView::contiguous(ob.data(), DType::f32, {9, 2, 16});
+    a.softmax_lse = TensorView::contiguous(lb.data(), DType::f32, {2, 9});
+    a.cu_seqlens_q = TensorView::contiguous(cu_shifted, DType::i32, {3});
+    a.cu_seqlens_k = TensorView::contiguous(cuk.data(), DType::i32, {3});
+    a.max_seqlen_q = a.max_seqlen_k = 5;
+    a.opts.backend = Backend::cpu;
+    require_invalid(mha_varlen_fwd(a), "cu_seqlens_q is not aligned to its 4-byte elements");
+    a.cu_seqlens_q = TensorView::contiguous(cuk.data(), DType::i32, {3});
+    CHECK(mha_varlen_fwd(a).ok());
+  }
+}
+
+// Found by tests/fuzz/fuzz_c_api (issue 17): a DLTensor whose device_type has no enumerator in
+// our dlpack.h (a C caller, or a newer DLPack) was loaded as a DLDeviceType (UBSan: invalid
+// enum load). It is an unsupported device, reported with its number.
+TEST_CASE("the C ABI refuses an unknown DLPack device type by number", "[params]") {
+  std::vector<float> buf(2 * 3 * 1 * 8, 0.5f), lse(2 * 3);
+  int64_t shape[] = {2, 3, 1, 8}, lse_shape[] = {2, 1, 3};
+  DLTensor t{};
+  t.data = buf.data();
+  t.device = {kDLCPU, 0};
+  t.ndim = 4;
+  t.dtype = {kDLFloat, 32, 1};
+  t.shape = shape;
+  DLTensor l = t;
+  l.data = lse.data();
+  l.ndim = 3;
+  l.shape = lse_shape;
+  flashplus_fwd_args a{};
+  a.struct_size = sizeof a;
+  a.q = a.k = a.v = a.out = &t;
+  a.softmax_lse = &l;
+  a.window_size_left = a.window_size_right = -1;
+  a.opts.backend = FLASHPLUS_BACKEND_CPU;
+  REQUIRE(flashplus_mha_fwd(&a) == FLASHPLUS_OK);
+  DLTensor odd = t;
+  const int32_t foreign = 99;
+  std::memcpy(&odd.device.device_type, &foreign, sizeof foreign);
+  a.k = &odd;
+  CHECK(flashplus_mha_fwd(&a) == FLASHPLUS_UNSUPPORTED);
+  CHECK(std::string(flashplus_last_error()).find("k is on DLPack device type 99") != std::string::npos);
 }

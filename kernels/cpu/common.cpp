@@ -10,6 +10,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -19,8 +20,11 @@
 
 // An AVX2+FMA clone of the row conversion next to the baseline one, picked by the loader (ifunc)
 // on CPUs that have it. The build stays portable (no -march=native); on the CI/dev x86 machines this
-// speeds up the conversion loops. Other compilers/targets get the baseline only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// speeds up the conversion loops. Other compilers/targets get the baseline only, and so does a
+// ThreadSanitizer build: a clone's ifunc resolver runs while the loader relocates, before the
+// TSan runtime is initialised, and an instrumented resolver crashes the program at load.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define FLASHPLUS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FLASHPLUS_CPU_CLONES
@@ -68,7 +72,12 @@ __attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* s, int n
     _mm256_storeu_ps(d + x, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + x))));
   for (; x < n; ++x) d[x] = half_to_f32_fast(s[x]);
 }
-const bool kHaveF16C = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14 has no "f16c" for __builtin_cpu_supports.
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+const bool kHaveF16C = __builtin_cpu_supports("avx2") && cpu_has_f16c();
 // bf16 -> fp32 is a 16-bit shift: widen 8 (16) halves to 32 bits and shift them up. The scalar
 // loop of the baseline build was ~14% of a bf16 forward's time.
 __attribute__((target("avx2"))) void bf16_row_avx2(const uint16_t* s, int n, float* d) {

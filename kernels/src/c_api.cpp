@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
 #include <exception>
 #include <new>
 #include <optional>
@@ -42,7 +43,13 @@ Status view_of(const char* name, const DLTensor& t, TensorView* v) {
         "{} has dtype {}{}; flashplus takes float16, bfloat16, float32 (and int32 for index "
         "tensors)", name, code, d.bits));
   }
-  switch (t.device.device_type) {
+  // The device type as the int the caller stored: a C caller (or a newer DLPack) may send a
+  // value this header's enum has no enumerator for, and loading that as a DLDeviceType would
+  // be undefined behaviour.
+  static_assert(sizeof(DLDeviceType) == sizeof(int32_t), "DLDeviceType is an int32 in DLPack");
+  int32_t device_type;
+  std::memcpy(&device_type, &t.device.device_type, sizeof device_type);
+  switch (device_type) {
     case kDLCPU:
     case kDLCUDAHost:
     case kDLROCMHost: v->device = DeviceKind::cpu; break;
@@ -52,7 +59,7 @@ Status view_of(const char* name, const DLTensor& t, TensorView* v) {
     default:
       return Status::Unsupported(fmt::format(
           "{} is on DLPack device type {}; flashplus runs on CPU, CUDA and ROCm memory", name,
-          static_cast<int>(t.device.device_type)));
+          device_type));
   }
   v->device_index = v->device == DeviceKind::cpu ? 0 : t.device.device_id;
   v->ndim = t.ndim;

@@ -1,6 +1,7 @@
 #include "params.h"
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 
@@ -43,6 +44,12 @@ Status check_tensor(const char* name, const TensorView& t, const TensorView& lik
       return Status::Invalid(fmt::format("{} has a negative size {}", name, t.shape_str()));
   if (t.data == nullptr && t.numel() > 0)
     return Status::Invalid(fmt::format("{} is a null pointer", name));
+  // Every kernel (and the host-side checks of index tensors) reads whole elements: a pointer
+  // that is not a multiple of the element size would be undefined behaviour on the CPU and a
+  // misaligned-address fault on a GPU.
+  if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) != 0)
+    return Status::Invalid(fmt::format("{} is not aligned to its {}-byte elements (address {})",
+                                       name, dtype_size(t.dtype), t.data));
   if (t.device != like_device.device || t.device_index != like_device.device_index)
     return Status::Invalid(fmt::format("{} must be on the same device as q ({}:{}), got {}:{}",
                                        name, device_name(like_device.device),
