@@ -51,6 +51,7 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
@@ -237,11 +238,9 @@ __device__ __forceinline__ uint64_t bwd_philox_row(const AttnParams& p, int b, i
          static_cast<uint64_t>(p.seqlen_k);
 }
 
-// Compiled backward tiles per head-dim bucket: X(D, BN keys, BM queries, NW warps = BN/16).
+// Compiled backward tiles per head-dim bucket: FLASHPLUS_BWD_TILES_D<D>(X), X(D, BN keys,
+// BM queries, NW warps = BN/16), generated from kernels/registry/spec.json (family "bwd").
 // First entry = default.
-#define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 32, 8) X(64, 128, 64, 8) X(64, 64, 64, 4)
-#define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 128, 32, 8) X(128, 64, 64, 4)
-#define FLASHPLUS_BWD_TILES_D256(X)
 
 // Whether (d, bn, bm, nw) is the first (default) mma.sync tile of its bucket: the one the
 // varlen / dropout instances are compiled for.
@@ -252,7 +251,8 @@ struct BwdTileDesc {
 inline constexpr BwdTileDesc kBwdTileList[] = {
     FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TILE_DESC)
     FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TILE_DESC)
-    FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TILE_DESC)};
+    FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TILE_DESC)
+    BwdTileDesc{0, 0, 0, 0}};  // end (never empty)
 #undef FLASHPLUS_BWD_TILE_DESC
 constexpr bool is_default_bwd_tile(int d, int bn, int bm, int nw) {
   for (const BwdTileDesc& t : kBwdTileList)

@@ -35,17 +35,14 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::kv {
 
-// Compiled attention tiles per head-dim bucket: X(D, BN, NW, STAGES). The first entry of a
+// Compiled attention tiles per head-dim bucket: FLASHPLUS_KV_TILES_D<D>(X), X(D, BN, NW,
+// STAGES), generated from kernels/registry/spec.json (family "kvcache"). The first entry of a
 // bucket is its default when the heuristic names none; the host dispatch, kvcache_configs() and
 // the instantiation all read these lists.
-#define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 2) X(64, 64, 4, 4) X(64, 128, 4, 2)
-#define FLASHPLUS_KV_TILES_D128(X)                                                    \
-  X(128, 32, 2, 2) X(128, 32, 2, 3) X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) \
-  X(128, 128, 8, 2)
-#define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
 
 constexpr int kRows = kKvcacheBlockRows;
 
