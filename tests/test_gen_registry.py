@@ -90,6 +90,10 @@ class GenRegistry(unittest.TestCase):
         self.assertIn("#define FLASHPLUS_FWD_INSTANCES(X) X(bf16, 64)\n", files["instances.h"])
         # The buckets stay the spec's: a call of head dim 100 must not be taken by the d64 kernel.
         self.assertIn("#define FLASHPLUS_FWD_HEAD_DIMS {64, 128, 256}\n", files["instances.h"])
+        # kv-cache: one file per dtype; the built buckets are those with tiles in this build.
+        self.assertIn("#define FLASHPLUS_KVCACHE_INSTANCES(X) X(bf16)\n", files["instances.h"])
+        self.assertIn("#define FLASHPLUS_KVCACHE_HEAD_DIMS {64, 128, 256}\n", files["instances.h"])
+        self.assertIn("#define FLASHPLUS_KVCACHE_BUILT_HEAD_DIMS(X) X(64)\n", files["instances.h"])
 
     def test_no_sm90a_target_no_hopper_entries(self):
         _, sources, entries = self.gen(vendors=["cuda"], cuda_archs=["80-real"])
@@ -117,6 +121,9 @@ class GenRegistry(unittest.TestCase):
         self.assertIn("launch_fwd<platform::half_t, 96>", files["gpu/fwd_f16_d96.cu"])
         self.assertIn("#define FLASHPLUS_FWD_TILES_D96(X) X(96, 128, 64, 4)", files["tiles.h"])
         self.assertIn("#define FLASHPLUS_FWD_HEAD_DIMS {64, 96, 128, 256}", files["instances.h"])
+        # The launchers read the _ALL list: no kernel header names the new bucket.
+        self.assertIn("#define FLASHPLUS_FWD_TILES_ALL(X) FLASHPLUS_FWD_TILES_D64(X) "
+                      "FLASHPLUS_FWD_TILES_D96(X) FLASHPLUS_FWD_TILES_D128(X)", files["tiles.h"])
 
     def test_rejects_what_the_spec_lacks(self):
         with self.assertRaises(SystemExit):

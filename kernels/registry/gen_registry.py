@@ -96,6 +96,10 @@ def generate(spec, dtypes, head_dims, vendors, cuda_archs):
             items = [] if d not in head_dims else tiles
             body = " ".join(f"X({', '.join(str(a) for a in [d] + tile[0])})" for tile in items)
             t.append(f"#define {fam['macro']}_D{d}(X) {body}".rstrip())
+        # Every bucket's list in one: the launchers keep the entries of their own D
+        # (if constexpr (DD == D)), so a new bucket needs no new line in the kernel headers.
+        t.append(f"#define {fam['macro']}_ALL(X) " +
+                 " ".join(f"{fam['macro']}_D{d}(X)" for d in sorted(int(k) for k in fam["tiles"])))
         t.append("")
     cpu = spec["cpu"]
     t.append(f"// CPU backend: X({', '.join(cpu['args'])})")

@@ -249,9 +249,7 @@ struct BwdTileDesc {
 };
 #define FLASHPLUS_BWD_TILE_DESC(D, BN, BM, NW) BwdTileDesc{D, BN, BM, NW},
 inline constexpr BwdTileDesc kBwdTileList[] = {
-    FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TILE_DESC)
-    FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TILE_DESC)
-    FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TILE_DESC)
+    FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TILE_DESC)
     BwdTileDesc{0, 0, 0, 0}};  // end (never empty)
 #undef FLASHPLUS_BWD_TILE_DESC
 constexpr bool is_default_bwd_tile(int d, int bn, int bm, int nw) {
@@ -1033,9 +1031,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
       return launch_bwd_gmma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     gfirst = false;                                                                       \
   }
-    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_TRY) }
-    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_TRY) }
-    if constexpr (D == 256) { FLASHPLUS_BWD_GMMA_TILES_D256(FLASHPLUS_BWD_GMMA_TRY) }
+    FLASHPLUS_BWD_GMMA_TILES_ALL(FLASHPLUS_BWD_GMMA_TRY)
 #undef FLASHPLUS_BWD_GMMA_TRY
     (void)gfirst;
   }
@@ -1046,9 +1042,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
       return launch_bwd_tile<T, DD, BN, BM, NW>(p, stream);                               \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TRY) }
+  FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TRY)
 #undef FLASHPLUS_BWD_TRY
   (void)first;
   (void)p;
@@ -1076,23 +1070,23 @@ Status launch_bwd_var(const AttnParams& p, const KernelConfig& cfg, gpuStream_t 
   const bool drop = p.has_dropout();
   if (bwd_gmma_usable(stream) && !p.deterministic) {
 #define FLASHPLUS_BWD_GMMA_VAR(DD, BN, BM, NW)                                             \
-  if (tile_selected(cfg, BM, BN, NW, true))                                                \
-    return drop ? launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, true>(p, stream)       \
-                : launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, false>(p, stream);
-    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_VAR) }
-    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_VAR) }
+  if constexpr (DD == D) {                                                                 \
+    if (tile_selected(cfg, BM, BN, NW, true))                                              \
+      return drop ? launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, true>(p, stream)     \
+                  : launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, false>(p, stream);   \
+  }
+    FLASHPLUS_BWD_GMMA_TILES_ALL(FLASHPLUS_BWD_GMMA_VAR)
 #undef FLASHPLUS_BWD_GMMA_VAR
     return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
   }
   // The bucket's first (default) mma.sync tile.
 #define FLASHPLUS_BWD_TC_VAR(DD, BN, BM, NW)                                               \
-  if constexpr (is_default_bwd_tile(DD, BN, BM, NW)) {                                     \
+  if constexpr (DD == D && is_default_bwd_tile(DD, BN, BM, NW)) {                          \
     if (tile_selected(cfg, BM, BN, NW, true))                                              \
       return drop ? launch_bwd_tile<T, DD, BN, BM, NW, true, true>(p, stream)              \
                   : launch_bwd_tile<T, DD, BN, BM, NW, true, false>(p, stream);            \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TC_VAR) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TC_VAR) }
+  FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TC_VAR)
 #undef FLASHPLUS_BWD_TC_VAR
   return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
 }

@@ -361,9 +361,7 @@ Status launch_bwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
       return launch_bwd_mfma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_MFMA_TILES_D64(FLASHPLUS_BWD_MFMA_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_MFMA_TILES_D128(FLASHPLUS_BWD_MFMA_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_BWD_MFMA_TILES_D256(FLASHPLUS_BWD_MFMA_TRY) }
+  FLASHPLUS_BWD_MFMA_TILES_ALL(FLASHPLUS_BWD_MFMA_TRY)
 #undef FLASHPLUS_BWD_MFMA_TRY
   (void)first;
   (void)p;

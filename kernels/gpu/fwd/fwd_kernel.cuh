@@ -42,10 +42,8 @@ struct FwdTileDesc {
   int d, bm, bn, nw;
 };
 #define FLASHPLUS_FWD_DESC(DD, BM, BN, NW) FwdTileDesc{DD, BM, BN, NW},
-inline constexpr FwdTileDesc kFwdTileList[] = {FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_DESC)
-                                                   FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_DESC)
-                                                       FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_DESC)
-                                                           FwdTileDesc{0, 0, 0, 0}};  // end (never empty)
+inline constexpr FwdTileDesc kFwdTileList[] = {
+    FLASHPLUS_FWD_TILES_ALL(FLASHPLUS_FWD_DESC) FwdTileDesc{0, 0, 0, 0}};  // end (never empty)
 #undef FLASHPLUS_FWD_DESC
 constexpr bool is_default_fwd_tile(int d, int bm, int bn, int nw) {
   for (const FwdTileDesc& t : kFwdTileList)
@@ -453,9 +451,7 @@ Status launch_fwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
     }                                                                                     \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_TRY) }
+  FLASHPLUS_FWD_TILES_ALL(FLASHPLUS_FWD_TRY)
 #undef FLASHPLUS_FWD_TRY
   (void)first;
   return Status::NoInstance("fwd_tc: no compiled tile m" + std::to_string(cfg.block_m) + "n" +

@@ -312,9 +312,7 @@ Status launch_fwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
       return launch_fwd_mfma_tile<T, DD, BM, BN, NW>(p, stream);                          \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_MFMA_TILES_D64(FLASHPLUS_FWD_MFMA_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_MFMA_TILES_D128(FLASHPLUS_FWD_MFMA_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_FWD_MFMA_TILES_D256(FLASHPLUS_FWD_MFMA_TRY) }
+  FLASHPLUS_FWD_MFMA_TILES_ALL(FLASHPLUS_FWD_MFMA_TRY)
 #undef FLASHPLUS_FWD_MFMA_TRY
   (void)first;
   return Status::NoInstance("fwd_tc: no compiled MFMA tile m" + std::to_string(cfg.block_m) + "n" +

@@ -77,8 +77,7 @@ std::vector<KernelConfig> fwd_sm90_configs(int head_dim) {
     c.stages = ST;                             \
     r.push_back(c);                            \
   }
-  FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_CFG)
-  FLASHPLUS_FWD_SM90_TILES_D128(FLASHPLUS_FWD_SM90_CFG)
+  FLASHPLUS_FWD_SM90_TILES_ALL(FLASHPLUS_FWD_SM90_CFG)
 #undef FLASHPLUS_FWD_SM90_CFG
 #else
   (void)head_dim;

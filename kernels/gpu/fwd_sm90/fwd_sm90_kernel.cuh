@@ -632,8 +632,7 @@ Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
                  : launch_fwd_sm90_tile<T, DD, BN, ST, OV, false, kVar, kVar>(p, stream);   \
     first = false;                                                                          \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_SM90_TILES_D128(FLASHPLUS_FWD_SM90_TRY) }
+  FLASHPLUS_FWD_SM90_TILES_ALL(FLASHPLUS_FWD_SM90_TRY)
 #undef FLASHPLUS_FWD_SM90_TRY
   (void)first;
   return Status::NoInstance("fwd_sm90: no compiled tile m" + std::to_string(cfg.block_m) + "n" +

@@ -94,9 +94,7 @@ std::vector<KernelConfig> kvcache_configs(int head_dim) {
     const bool is_def = BN == def.block_n && NW == def.num_warps && ST == def.stages; \
     r.insert(is_def ? r.begin() : r.end(), c); \
   }
-  FLASHPLUS_KV_TILES_D64(FLASHPLUS_KV_CFG)
-  FLASHPLUS_KV_TILES_D128(FLASHPLUS_KV_CFG)
-  FLASHPLUS_KV_TILES_D256(FLASHPLUS_KV_CFG)
+  FLASHPLUS_KV_TILES_ALL(FLASHPLUS_KV_CFG)
 #undef FLASHPLUS_KV_CFG
 #else
   (void)head_dim;
