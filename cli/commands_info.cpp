@@ -2,14 +2,32 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <memory>
 
 #include "commands.h"
 #include "cpu/isa.h"
+#include "flashplus/registry.h"
 #include "flashplus/tuning.h"
 #include "common.h"
 #include "paths.h"
 
 namespace flashplus::cli {
+
+namespace {
+
+// `info --kernels`: the registry of this binary (kernels/registry/spec.json), one kernel a line
+// after a header line starting with '#': its stable name, then the fields it is keyed by.
+int print_kernels() {
+  const KernelTable table = kernel_registry();
+  fmt::print("# {:<40} {:<13} {:<6} {:<7} {:<9} {:<5} {:>4} {:<14} {}\n", "name", "family",
+             "vendor", "arch", "mma", "dtype", "d", "tile", "variant");
+  for (const KernelEntry& e : table)
+    fmt::print("{:<42} {:<13} {:<6} {:<7} {:<9} {:<5} {:>4} {:<14} {}\n", e.name, e.family,
+               e.vendor, e.arch, e.mma, e.dtype, e.head_dim, e.tile, e.variant);
+  return static_cast<int>(kExitOk);
+}
+
+}  // namespace
 
 void register_info(CLI::App& app, Action& action) {
   CLI::App* sub = app.add_subcommand(
@@ -17,10 +35,20 @@ void register_info(CLI::App& app, Action& action) {
   sub->footer(
       "Examples:\n"
       "  flashplus info\n"
+      "  flashplus info --kernels          # every kernel instance compiled into this binary\n"
       "\n"
       "`auto` (the default --backend of run and verify) means the first GPU backend with a\n"
-      "device, else cpu; the line `auto ->` shows which one that is on this machine.\n");
-  sub->callback([&action]() {
+      "device, else cpu; the line `auto ->` shows which one that is on this machine.\n"
+      "--kernels prints one header line (starting with '#') and then one line per registry\n"
+      "entry: name, family, vendor, arch, mma, dtype, head-dim bucket (0 = any), tile, variant.\n");
+  auto kernels = std::make_shared<bool>(false);
+  sub->add_flag("--kernels", *kernels,
+                "List the kernel registry of this binary (name, family, arch, dtype, d, tile)");
+  sub->callback([&action, kernels]() {
+    if (*kernels) {
+      action = []() { return print_kernels(); };
+      return;
+    }
     action = []() {
       fmt::print("flashplus {}\n", FLASHPLUS_VERSION);
       std::string list;

@@ -9,16 +9,18 @@
 
 #include "cpu/cpu_kernels.h"
 #include "flashplus/tuning.h"
+#include "flashplus_gen/tiles.h"  // FLASHPLUS_CPU_TILES, generated from kernels/registry/spec.json
 
 namespace flashplus::cpu {
 
 struct TileShape {
   int block_m, block_n;
 };
-// Every instantiated shape. block_m: query rows per work item; block_n: keys per main-loop step.
-inline constexpr TileShape kTileShapes[] = {
-    {32, 32}, {32, 64}, {32, 128}, {64, 32}, {64, 64}, {64, 128}, {128, 32}, {128, 64}, {128, 128},
-};
+// Every instantiated shape (FLASHPLUS_CPU_TILES(X), X(BM, BN): the spec's "cpu" tiles).
+// block_m: query rows per work item; block_n: keys per main-loop step.
+#define FLASHPLUS_CPU_TILE_SHAPE(M, N) TileShape{M, N},
+inline constexpr TileShape kTileShapes[] = {FLASHPLUS_CPU_TILES(FLASHPLUS_CPU_TILE_SHAPE)};
+#undef FLASHPLUS_CPU_TILE_SHAPE
 constexpr bool tiles_ok() {
   for (const TileShape& t : kTileShapes)
     if (t.block_m % kMr || t.block_n % kNr || t.block_m % kNr) return false;
@@ -34,9 +36,7 @@ template <class F>
 Status with_tile(int bm, int bn, F&& f) {
 #define FLASHPLUS_CPU_TILE(M, N) \
   if (bm == M && bn == N) return f(Int<M>{}, Int<N>{});
-  FLASHPLUS_CPU_TILE(32, 32) FLASHPLUS_CPU_TILE(32, 64) FLASHPLUS_CPU_TILE(32, 128)
-  FLASHPLUS_CPU_TILE(64, 32) FLASHPLUS_CPU_TILE(64, 64) FLASHPLUS_CPU_TILE(64, 128)
-  FLASHPLUS_CPU_TILE(128, 32) FLASHPLUS_CPU_TILE(128, 64) FLASHPLUS_CPU_TILE(128, 128)
+  FLASHPLUS_CPU_TILES(FLASHPLUS_CPU_TILE)
 #undef FLASHPLUS_CPU_TILE
   return Status(StatusCode::no_instance,
                 "cpu backend: no kernel instance for tile m" + std::to_string(bm) + "n" +

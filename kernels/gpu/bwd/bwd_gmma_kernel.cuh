@@ -20,15 +20,14 @@
 #include <type_traits>
 
 #include "gpu/bwd/bwd_gmma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
-// Compiled wgmma backward tiles: X(D, BN keys, BM queries, NW warps). First entry = default.
+// Compiled wgmma backward tiles: FLASHPLUS_BWD_GMMA_TILES_D<D>(X), X(D, BN keys, BM queries,
+// NW warps), generated from kernels/registry/spec.json (family "bwd_gmma"). First entry = default.
 // On a device where this kernel runs (sm_90 with sm_90a code), a KernelConfig that matches one of
 // these picks it before the mma.sync list (bwd_kernel.cuh) is consulted.
-#define FLASHPLUS_BWD_GMMA_TILES_D64(X) X(64, 128, 128, 8)
-#define FLASHPLUS_BWD_GMMA_TILES_D128(X) X(128, 128, 64, 8)
-#define FLASHPLUS_BWD_GMMA_TILES_D256(X)
 
 template <int D, int BN, int BM, int NW>
 struct BwdGmmaTraits {

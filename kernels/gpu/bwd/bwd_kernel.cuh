@@ -51,6 +51,7 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
@@ -237,11 +238,9 @@ __device__ __forceinline__ uint64_t bwd_philox_row(const AttnParams& p, int b, i
          static_cast<uint64_t>(p.seqlen_k);
 }
 
-// Compiled backward tiles per head-dim bucket: X(D, BN keys, BM queries, NW warps = BN/16).
+// Compiled backward tiles per head-dim bucket: FLASHPLUS_BWD_TILES_D<D>(X), X(D, BN keys,
+// BM queries, NW warps = BN/16), generated from kernels/registry/spec.json (family "bwd").
 // First entry = default.
-#define FLASHPLUS_BWD_TILES_D64(X) X(64, 128, 32, 8) X(64, 128, 64, 8) X(64, 64, 64, 4)
-#define FLASHPLUS_BWD_TILES_D128(X) X(128, 128, 64, 8) X(128, 128, 32, 8) X(128, 64, 64, 4)
-#define FLASHPLUS_BWD_TILES_D256(X)
 
 // Whether (d, bn, bm, nw) is the first (default) mma.sync tile of its bucket: the one the
 // varlen / dropout instances are compiled for.
@@ -250,9 +249,8 @@ struct BwdTileDesc {
 };
 #define FLASHPLUS_BWD_TILE_DESC(D, BN, BM, NW) BwdTileDesc{D, BN, BM, NW},
 inline constexpr BwdTileDesc kBwdTileList[] = {
-    FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TILE_DESC)
-    FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TILE_DESC)
-    FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TILE_DESC)};
+    FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TILE_DESC)
+    BwdTileDesc{0, 0, 0, 0}};  // end (never empty)
 #undef FLASHPLUS_BWD_TILE_DESC
 constexpr bool is_default_bwd_tile(int d, int bn, int bm, int nw) {
   for (const BwdTileDesc& t : kBwdTileList)
@@ -1020,9 +1018,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
       return launch_bwd_gmma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     gfirst = false;                                                                       \
   }
-    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_TRY) }
-    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_TRY) }
-    if constexpr (D == 256) { FLASHPLUS_BWD_GMMA_TILES_D256(FLASHPLUS_BWD_GMMA_TRY) }
+    FLASHPLUS_BWD_GMMA_TILES_ALL(FLASHPLUS_BWD_GMMA_TRY)
 #undef FLASHPLUS_BWD_GMMA_TRY
     (void)gfirst;
   }
@@ -1033,9 +1029,7 @@ Status launch_bwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
       return launch_bwd_tile<T, DD, BN, BM, NW>(p, stream);                               \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_BWD_TILES_D256(FLASHPLUS_BWD_TRY) }
+  FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TRY)
 #undef FLASHPLUS_BWD_TRY
   (void)first;
   (void)p;
@@ -1063,23 +1057,23 @@ Status launch_bwd_var(const AttnParams& p, const KernelConfig& cfg, gpuStream_t 
   const bool drop = p.has_dropout();
   if (bwd_gmma_usable(stream) && !p.deterministic) {
 #define FLASHPLUS_BWD_GMMA_VAR(DD, BN, BM, NW)                                             \
-  if (tile_selected(cfg, BM, BN, NW, true))                                                \
-    return drop ? launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, true>(p, stream)       \
-                : launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, false>(p, stream);
-    if constexpr (D == 64) { FLASHPLUS_BWD_GMMA_TILES_D64(FLASHPLUS_BWD_GMMA_VAR) }
-    if constexpr (D == 128) { FLASHPLUS_BWD_GMMA_TILES_D128(FLASHPLUS_BWD_GMMA_VAR) }
+  if constexpr (DD == D) {                                                                 \
+    if (tile_selected(cfg, BM, BN, NW, true))                                              \
+      return drop ? launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, true>(p, stream)     \
+                  : launch_bwd_gmma_var_tile<T, DD, BN, BM, NW, true, false>(p, stream);   \
+  }
+    FLASHPLUS_BWD_GMMA_TILES_ALL(FLASHPLUS_BWD_GMMA_VAR)
 #undef FLASHPLUS_BWD_GMMA_VAR
     return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
   }
   // The bucket's first (default) mma.sync tile.
 #define FLASHPLUS_BWD_TC_VAR(DD, BN, BM, NW)                                               \
-  if constexpr (is_default_bwd_tile(DD, BN, BM, NW)) {                                     \
+  if constexpr (DD == D && is_default_bwd_tile(DD, BN, BM, NW)) {                          \
     if (tile_selected(cfg, BM, BN, NW, true))                                              \
       return drop ? launch_bwd_tile<T, DD, BN, BM, NW, true, true>(p, stream)              \
                   : launch_bwd_tile<T, DD, BN, BM, NW, true, false>(p, stream);            \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_TILES_D64(FLASHPLUS_BWD_TC_VAR) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_TILES_D128(FLASHPLUS_BWD_TC_VAR) }
+  FLASHPLUS_BWD_TILES_ALL(FLASHPLUS_BWD_TC_VAR)
 #undef FLASHPLUS_BWD_TC_VAR
   return Status::NoInstance("bwd_tc: varlen and dropout are compiled for the default tile only");
 }

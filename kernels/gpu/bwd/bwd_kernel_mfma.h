@@ -30,14 +30,13 @@
 #include "primitives/attn_score.h"
 #include "primitives/mfma_layout.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
-// Compiled MFMA backward tiles: X(D, BN keys, BM queries, NW waves = BN / 16); first = default.
-// d256 is not compiled (as on NVIDIA): its LDS tiles exceed 64 KB with this layout.
-#define FLASHPLUS_BWD_MFMA_TILES_D64(X) X(64, 64, 32, 4) X(64, 64, 64, 4)
-#define FLASHPLUS_BWD_MFMA_TILES_D128(X) X(128, 64, 32, 4) X(128, 64, 16, 4)
-#define FLASHPLUS_BWD_MFMA_TILES_D256(X)
+// Compiled MFMA backward tiles: FLASHPLUS_BWD_MFMA_TILES_D<D>(X), X(D, BN keys, BM queries,
+// NW waves = BN / 16), generated from kernels/registry/spec.json (family "bwd_mfma"); first =
+// default. d256 is not compiled (as on NVIDIA): its LDS tiles exceed 64 KB with this layout.
 
 // ---- 1. Dsum = rowsum(dO * O); zero the dQ accumulator (one wave per row) ----------------------
 template <typename T, int D>
@@ -362,9 +361,7 @@ Status launch_bwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
       return launch_bwd_mfma_tile<T, DD, BN, BM, NW>(p, stream);                          \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_BWD_MFMA_TILES_D64(FLASHPLUS_BWD_MFMA_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_BWD_MFMA_TILES_D128(FLASHPLUS_BWD_MFMA_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_BWD_MFMA_TILES_D256(FLASHPLUS_BWD_MFMA_TRY) }
+  FLASHPLUS_BWD_MFMA_TILES_ALL(FLASHPLUS_BWD_MFMA_TRY)
 #undef FLASHPLUS_BWD_MFMA_TRY
   (void)first;
   (void)p;

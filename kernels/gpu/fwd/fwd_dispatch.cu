@@ -32,13 +32,15 @@ Status run_fwd_tc(const AttnParams& p, const KernelConfig& cfg, void* stream) {
 #endif
   const int d = tc::head_dim_bucket(p.head_dim);
   auto s = static_cast<gpuStream_t>(stream);
-  const bool bf = p.dtype == DType::bf16;
-  switch (d) {
-    case 64: return bf ? tc::fwd_bf16_d64(p, cfg, s) : tc::fwd_f16_d64(p, cfg, s);
-    case 128: return bf ? tc::fwd_bf16_d128(p, cfg, s) : tc::fwd_f16_d128(p, cfg, s);
-    case 256: return bf ? tc::fwd_bf16_d256(p, cfg, s) : tc::fwd_f16_d256(p, cfg, s);
-    default: return Status::NoInstance("fwd_tc: no head-dim bucket for " + std::to_string(p.head_dim));
-  }
+  if (d == 0) return Status::NoInstance("fwd_tc: no head-dim bucket for " + std::to_string(p.head_dim));
+  // The built instances (FLASHPLUS_HEAD_DIMS / FLASHPLUS_DTYPES may leave some out).
+#define FLASHPLUS_FWD_RUN(DT, D) \
+  if (d == D && p.dtype == DType::DT) return tc::fwd_##DT##_d##D(p, cfg, s);
+  FLASHPLUS_FWD_INSTANCES(FLASHPLUS_FWD_RUN)
+#undef FLASHPLUS_FWD_RUN
+  (void)s;
+  return Status::NoInstance("fwd_tc: head-dim bucket " + std::to_string(d) + " (" +
+                            dtype_name(p.dtype) + ") is not compiled into this build");
 }
 
 std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
@@ -60,13 +62,9 @@ std::vector<KernelConfig> fwd_tc_configs(int head_dim) {
     r.push_back(c);                     \
   }
 #if FLASHPLUS_VENDOR_HIP
-  FLASHPLUS_FWD_MFMA_TILES_D64(FLASHPLUS_FWD_CFG)
-  FLASHPLUS_FWD_MFMA_TILES_D128(FLASHPLUS_FWD_CFG)
-  FLASHPLUS_FWD_MFMA_TILES_D256(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_MFMA_TILES_ALL(FLASHPLUS_FWD_CFG)
 #else
-  FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_CFG)
-  FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_CFG)
-  FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_CFG)
+  FLASHPLUS_FWD_TILES_ALL(FLASHPLUS_FWD_CFG)
 #endif
 #undef FLASHPLUS_FWD_CFG
   return r;

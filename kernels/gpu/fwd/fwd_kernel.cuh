@@ -29,25 +29,21 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
-// Compiled forward tiles per head-dim bucket: X(D, BM, BN, NW). The first entry of each bucket
-// is its default. Host dispatch and instantiation both read these lists (one source).
-#define FLASHPLUS_FWD_TILES_D64(X) \
-  X(64, 128, 64, 4) X(64, 128, 128, 8) X(64, 64, 128, 4)
-#define FLASHPLUS_FWD_TILES_D128(X) \
-  X(128, 128, 64, 4) X(128, 128, 64, 8) X(128, 128, 32, 4) X(128, 64, 64, 4)
-#define FLASHPLUS_FWD_TILES_D256(X) X(256, 64, 32, 4) X(256, 64, 64, 4) X(256, 128, 64, 8)
+// Compiled forward tiles per head-dim bucket: FLASHPLUS_FWD_TILES_D<D>(X), X(D, BM, BN, NW),
+// generated from kernels/registry/spec.json (family "fwd"). The first entry of each bucket is its
+// default. Host dispatch and instantiation both read these lists (one source).
 
 // Whether (D, BM, BN, NW) is the first (default) tile of its bucket's list.
 struct FwdTileDesc {
   int d, bm, bn, nw;
 };
 #define FLASHPLUS_FWD_DESC(DD, BM, BN, NW) FwdTileDesc{DD, BM, BN, NW},
-inline constexpr FwdTileDesc kFwdTileList[] = {FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_DESC)
-                                                   FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_DESC)
-                                                       FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_DESC)};
+inline constexpr FwdTileDesc kFwdTileList[] = {
+    FLASHPLUS_FWD_TILES_ALL(FLASHPLUS_FWD_DESC) FwdTileDesc{0, 0, 0, 0}};  // end (never empty)
 #undef FLASHPLUS_FWD_DESC
 constexpr bool is_default_fwd_tile(int d, int bm, int bn, int nw) {
   for (const FwdTileDesc& t : kFwdTileList)
@@ -455,9 +451,7 @@ Status launch_fwd(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stre
     }                                                                                     \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_TILES_D64(FLASHPLUS_FWD_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_TILES_D128(FLASHPLUS_FWD_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_FWD_TILES_D256(FLASHPLUS_FWD_TRY) }
+  FLASHPLUS_FWD_TILES_ALL(FLASHPLUS_FWD_TRY)
 #undef FLASHPLUS_FWD_TRY
   (void)first;
   return Status::NoInstance("fwd_tc: no compiled tile m" + std::to_string(cfg.block_m) + "n" +

@@ -31,16 +31,15 @@
 #include "primitives/attn_score.h"
 #include "primitives/mfma_layout.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::tc {
 
-// Compiled MFMA forward tiles per head-dim bucket: X(D, BM, BN, NW), NW waves of 64 lanes. The
-// first entry of each bucket is its default. Host dispatch, fwd_tc_configs and instantiation all
-// read these lists. Not tuned on hardware (nothing here has run on an AMD GPU yet): the defaults
-// keep LDS <= 32 KB so that two blocks can share a CU's 64 KB.
-#define FLASHPLUS_FWD_MFMA_TILES_D64(X) X(64, 128, 64, 4) X(64, 64, 64, 4)
-#define FLASHPLUS_FWD_MFMA_TILES_D128(X) X(128, 64, 32, 4) X(128, 128, 64, 4)
-#define FLASHPLUS_FWD_MFMA_TILES_D256(X) X(256, 64, 16, 4) X(256, 64, 32, 4)
+// Compiled MFMA forward tiles per head-dim bucket: FLASHPLUS_FWD_MFMA_TILES_D<D>(X),
+// X(D, BM, BN, NW), NW waves of 64 lanes, generated from kernels/registry/spec.json (family
+// "fwd_mfma"). The first entry of each bucket is its default. Host dispatch, fwd_tc_configs and
+// instantiation all read these lists. Not tuned on hardware (nothing here has run on an AMD GPU
+// yet): the defaults keep LDS <= 32 KB so that two blocks can share a CU's 64 KB.
 
 template <int D, int BM, int BN, int NW>
 struct FwdMfmaTraits : prim::mfma::FwdMfmaGeom<D, BM, BN, NW> {
@@ -313,9 +312,7 @@ Status launch_fwd_mfma(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
       return launch_fwd_mfma_tile<T, DD, BM, BN, NW>(p, stream);                          \
     first = false;                                                                        \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_MFMA_TILES_D64(FLASHPLUS_FWD_MFMA_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_MFMA_TILES_D128(FLASHPLUS_FWD_MFMA_TRY) }
-  if constexpr (D == 256) { FLASHPLUS_FWD_MFMA_TILES_D256(FLASHPLUS_FWD_MFMA_TRY) }
+  FLASHPLUS_FWD_MFMA_TILES_ALL(FLASHPLUS_FWD_MFMA_TRY)
 #undef FLASHPLUS_FWD_MFMA_TRY
   (void)first;
   return Status::NoInstance("fwd_tc: no compiled MFMA tile m" + std::to_string(cfg.block_m) + "n" +

@@ -7,6 +7,7 @@
 #include "flashplus/params.h"
 #include "flashplus/status.h"
 #include "gpu/gpu_kernels.h"
+#include "flashplus_gen/instances.h"
 #include "platform/gpu_runtime.h"
 
 namespace flashplus::gpu {
@@ -20,7 +21,7 @@ std::vector<KernelConfig> fwd_sm90_configs(int head_dim);
 inline bool is_sm90_config(const KernelConfig& cfg) { return cfg.num_warps == 12; }
 
 namespace sm90fwd {
-#define FLASHPLUS_FWD_SM90_INSTANCES(X) X(f16, 64) X(f16, 128) X(bf16, 64) X(bf16, 128)
+// The built instances (flashplus_gen/instances.h, from kernels/registry/spec.json).
 #define FLASHPLUS_DECLARE_FWD_SM90(DT, D) \
   Status fwd_sm90_##DT##_d##D(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream);
 FLASHPLUS_FWD_SM90_INSTANCES(FLASHPLUS_DECLARE_FWD_SM90)
@@ -28,7 +29,7 @@ FLASHPLUS_FWD_SM90_INSTANCES(FLASHPLUS_DECLARE_FWD_SM90)
 // The packed varlen instances (kVar), one .cu file each.
 #define FLASHPLUS_DECLARE_FWD_SM90_VAR(DT, D) \
   Status fwd_sm90_var_##DT##_d##D(const AttnParams& p, const KernelConfig& cfg, gpuStream_t stream);
-FLASHPLUS_FWD_SM90_INSTANCES(FLASHPLUS_DECLARE_FWD_SM90_VAR)
+FLASHPLUS_FWD_SM90_VAR_INSTANCES(FLASHPLUS_DECLARE_FWD_SM90_VAR)
 #undef FLASHPLUS_DECLARE_FWD_SM90_VAR
 }  // namespace sm90fwd
 

@@ -43,15 +43,15 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::sm90fwd {
 
-// Compiled tiles per head-dim bucket: X(D, BM, BN, STAGES, OVERLAP). OVERLAP: the softmax of
+// Compiled tiles per head-dim bucket: FLASHPLUS_FWD_SM90_TILES_D<D>(X), X(D, BM, BN, STAGES,
+// OVERLAP), generated from kernels/registry/spec.json (family "fwd_sm90"). OVERLAP: the softmax of
 // tile n+1 overlaps the MMAs (see the consumer loop). BM is fixed by the warpgroup layout
 // (2 consumers x 64 rows); the first entry of a bucket is its default. Host dispatch, the
 // autotune candidate list and instantiation all read these lists.
-#define FLASHPLUS_FWD_SM90_TILES_D64(X) X(64, 128, 128, 2, true)
-#define FLASHPLUS_FWD_SM90_TILES_D128(X) X(128, 128, 128, 2, true)
 constexpr int kSm90Warps = 12;  // KernelConfig::num_warps of this family (3 warpgroups)
 
 template <int D, int BN, int STAGES>
@@ -609,8 +609,7 @@ Status launch_fwd_sm90(const AttnParams& p, const KernelConfig& cfg, gpuStream_t
       return launch_fwd_sm90_tile<T, DD, BN, ST, OV, kVar>(p, stream);                       \
     first = false;                                                                          \
   }
-  if constexpr (D == 64) { FLASHPLUS_FWD_SM90_TILES_D64(FLASHPLUS_FWD_SM90_TRY) }
-  if constexpr (D == 128) { FLASHPLUS_FWD_SM90_TILES_D128(FLASHPLUS_FWD_SM90_TRY) }
+  FLASHPLUS_FWD_SM90_TILES_ALL(FLASHPLUS_FWD_SM90_TRY)
 #undef FLASHPLUS_FWD_SM90_TRY
   (void)first;
   return Status::NoInstance("fwd_sm90: no compiled tile m" + std::to_string(cfg.block_m) + "n" +

@@ -2,6 +2,8 @@
 #include <cstdint>
 #include <string>
 
+#include "flashplus_gen/instances.h"
+#include "gpu/fwd/fwd_instances.h"  // bucket_of
 #include "gpu/kvcache/kvcache.h"
 #include "platform/arch.h"
 #include "platform/gpu_runtime.h"
@@ -24,6 +26,20 @@ Status kvcache_supports(const AttnParams& p) {
   if (p.head_dim % 8 != 0 || p.head_dim > 256)
     return Status::Unsupported("kvcache: head_dim " + std::to_string(p.head_dim) +
                                " is not implemented on the GPU yet (multiples of 8 up to 256)");
+  // A subset build (FLASHPLUS_DTYPES / FLASHPLUS_HEAD_DIMS) sends what it left out to the
+  // portable path.
+  bool built_dtype = false;
+  bool built_dim = false;
+  const int d = tc::bucket_of(tc::kKvcacheHeadDims, p.head_dim);
+#define FLASHPLUS_KV_BUILT_DTYPE(DT) built_dtype = built_dtype || p.dtype == DType::DT;
+#define FLASHPLUS_KV_BUILT_DIM(D) built_dim = built_dim || d == D;
+  FLASHPLUS_KVCACHE_INSTANCES(FLASHPLUS_KV_BUILT_DTYPE)
+  FLASHPLUS_KVCACHE_BUILT_HEAD_DIMS(FLASHPLUS_KV_BUILT_DIM)
+#undef FLASHPLUS_KV_BUILT_DTYPE
+#undef FLASHPLUS_KV_BUILT_DIM
+  if (!built_dtype || !built_dim)
+    return Status::Unsupported(std::string("kvcache: ") + dtype_name(p.dtype) + " d" +
+                               std::to_string(d) + " is not compiled into this build");
   // 16-byte copies of q, cache rows and out: 16-byte aligned bases, strides of 8 elements.
   auto aligned = [](const void* ptr, const Strides3& st) {
     return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st.row % 8 == 0 && st.head % 8 == 0 &&
@@ -46,15 +62,21 @@ Status run_kvcache(const AttnParams& p, const KernelConfig& cfg, const DeviceInf
   return Status::NoInstance("kvcache: not compiled for HIP");
 #else
   auto s = static_cast<cudaStream_t>(stream);
-  return p.dtype == DType::bf16 ? kv::run_bf16(p, cfg, dev, s, check, used)
-                                : kv::run_f16(p, cfg, dev, s, check, used);
+  // The built dtypes (FLASHPLUS_DTYPES may leave one out; kvcache_supports admits f16 and bf16).
+#define FLASHPLUS_KV_RUN(DT) \
+  if (p.dtype == DType::DT) return kv::run_##DT(p, cfg, dev, s, check, used);
+  FLASHPLUS_KVCACHE_INSTANCES(FLASHPLUS_KV_RUN)
+#undef FLASHPLUS_KV_RUN
+  (void)s;
+  return Status::NoInstance(std::string("kvcache: ") + dtype_name(p.dtype) +
+                            " is not compiled into this build");
 #endif
 }
 
 std::vector<KernelConfig> kvcache_configs(int head_dim) {
   std::vector<KernelConfig> r;
 #if !FLASHPLUS_VENDOR_HIP
-  const int d = head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : head_dim <= 256 ? 256 : 0;
+  const int d = tc::bucket_of(tc::kKvcacheHeadDims, head_dim);
   const KernelConfig def = kvcache_default_tile(head_dim);
 #define FLASHPLUS_KV_CFG(DD, BN, NW, ST) \
   if (DD == d) {                         \
@@ -66,9 +88,7 @@ std::vector<KernelConfig> kvcache_configs(int head_dim) {
     const bool is_def = BN == def.block_n && NW == def.num_warps && ST == def.stages; \
     r.insert(is_def ? r.begin() : r.end(), c); \
   }
-  FLASHPLUS_KV_TILES_D64(FLASHPLUS_KV_CFG)
-  FLASHPLUS_KV_TILES_D128(FLASHPLUS_KV_CFG)
-  FLASHPLUS_KV_TILES_D256(FLASHPLUS_KV_CFG)
+  FLASHPLUS_KV_TILES_ALL(FLASHPLUS_KV_CFG)
 #undef FLASHPLUS_KV_CFG
 #else
   (void)head_dim;

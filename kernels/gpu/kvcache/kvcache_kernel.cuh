@@ -35,17 +35,15 @@
 #include "platform/types.h"
 #include "primitives/attn_score.h"
 #include "primitives/tile_mma.h"
+#include "flashplus_gen/instances.h"  // FLASHPLUS_KVCACHE_HEAD_DIMS
+#include "flashplus_gen/tiles.h"  // the tile lists, generated from kernels/registry/spec.json
 
 namespace flashplus::gpu::kv {
 
-// Compiled attention tiles per head-dim bucket: X(D, BN, NW, STAGES). The first entry of a
+// Compiled attention tiles per head-dim bucket: FLASHPLUS_KV_TILES_D<D>(X), X(D, BN, NW,
+// STAGES), generated from kernels/registry/spec.json (family "kvcache"). The first entry of a
 // bucket is its default when the heuristic names none; the host dispatch, kvcache_configs() and
 // the instantiation all read these lists.
-#define FLASHPLUS_KV_TILES_D64(X) X(64, 64, 4, 2) X(64, 64, 4, 4) X(64, 128, 4, 2)
-#define FLASHPLUS_KV_TILES_D128(X)                                                    \
-  X(128, 32, 2, 2) X(128, 32, 2, 3) X(128, 64, 4, 2) X(128, 64, 4, 3) X(128, 64, 4, 4) \
-  X(128, 128, 8, 2)
-#define FLASHPLUS_KV_TILES_D256(X) X(256, 32, 2, 2) X(256, 32, 2, 4) X(256, 64, 4, 2)
 
 constexpr int kRows = kKvcacheBlockRows;
 
@@ -1084,7 +1082,11 @@ template <typename T>
 Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& dev,
               cudaStream_t stream, bool check, KernelConfig* used) {
   AttnParams p = p0;
-  const int D = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+  // The head-dim bucket: the smallest of the spec's >= head_dim (kvcache_supports: <= 256).
+  constexpr int kBuckets[] = FLASHPLUS_KVCACHE_HEAD_DIMS;
+  int D = 0;
+  for (int b : kBuckets)
+    if (D == 0 && p.head_dim <= b) D = b;
   KernelConfig tile = cfg;
   if (tile.block_n == 0 && tile.num_warps == 0 && tile.stages == 0) {
     const KernelConfig def = kvcache_default_tile(p.head_dim);
@@ -1107,9 +1109,7 @@ Status kv_run(const AttnParams& p0, const KernelConfig& cfg, const DeviceInfo& d
     ran.num_warps = NW;                                                                     \
     ran.stages = ST;                                                                        \
   }
-  FLASHPLUS_KV_TILES_D64(FLASHPLUS_KV_PICK)
-  FLASHPLUS_KV_TILES_D128(FLASHPLUS_KV_PICK)
-  FLASHPLUS_KV_TILES_D256(FLASHPLUS_KV_PICK)
+  FLASHPLUS_KV_TILES_ALL(FLASHPLUS_KV_PICK)
 #undef FLASHPLUS_KV_PICK
   if (launch == nullptr)
     return Status::NoInstance("kvcache: no compiled tile n" + std::to_string(tile.block_n) + "w" +

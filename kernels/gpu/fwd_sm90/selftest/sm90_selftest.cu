@@ -8,8 +8,10 @@
 //   bench  CUDA-event timings on FlashAttention's benchmark shapes (bf16, batch = 16384 / seqlen,
 //          heads = 2048 / head_dim), median of 30, 3 rotating input sets.
 //
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Ikernels/include
-//        -Ikernels/src kernels/gpu/fwd_sm90/selftest/sm90_selftest.cu kernels/gpu/fwd_sm90/*.cu
+// Build (after a CMake configure of build/, which generates the instances and tile lists):
+//        nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels -Ikernels/include
+//        -Ikernels/src -Ibuild/generated kernels/gpu/fwd_sm90/selftest/sm90_selftest.cu
+//        kernels/gpu/fwd_sm90/*.cu build/generated/flashplus_gen/gpu/fwd_sm90_*.cu
 // Run:   sm90_selftest [gemm | gemm-swap] [check] [bench] [simple | s3]
 #include <algorithm>
 #include <cmath>
