@@ -45,6 +45,6 @@ if has overhead; then
   if [ -n "$lib" ]; then link=("$lib"); else link=("$BUILD/kernels/libflashplus.a"); fi
   gcc -O2 python/tests/device/c_call_overhead.c -I kernels/include -I /usr/local/cuda/include \
     "${link[@]}" -L/usr/local/cuda/lib64 -lcudart_static -L$DEPS/lib/x86_64-linux-gnu -lfmt \
-    -lstdc++ -lpthread -ldl -lrt -lm -o /tmp/c_call_overhead && /tmp/c_call_overhead | tee "$OUT/overhead.jsonl"
-  python3 python/tests/device/overhead.py | tee -a "$OUT/overhead.jsonl"
+    -lstdc++ -lpthread -ldl -lrt -lm -o /tmp/c_call_overhead && /tmp/c_call_overhead 5000 | tee "$OUT/overhead.jsonl"
+  python3 python/tests/device/overhead.py 5000 | tee -a "$OUT/overhead.jsonl"
 fi
