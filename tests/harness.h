@@ -34,6 +34,22 @@ struct Case {
   }
 };
 
+// A case of the given sizes and storage type, with a seed derived from the shape (so each case
+// has its own fixed inputs; `salt` separates test files that use the same shapes).
+inline Case make_case(int b, int sq, int sk, int h, int hk, int d, DType t, uint64_t salt = 0) {
+  Case c;
+  c.p.batch = b;
+  c.p.seqlen_q = sq;
+  c.p.seqlen_k = sk;
+  c.p.nheads = h;
+  c.p.nheads_k = hk;
+  c.p.head_dim = d;
+  c.dtype = t;
+  c.seed = 1000003ull * b + 10007ull * sq + 101ull * sk + 13ull * h + 7ull * hk + d +
+           static_cast<unsigned>(t) + salt;
+  return c;
+}
+
 struct Outcome {
   Status status;
   ref::Check out, lse, dq, dk, dv;

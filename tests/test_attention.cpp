@@ -13,18 +13,7 @@ using flashplus::testing::Case;
 namespace {
 
 Case make(int b, int sq, int sk, int h, int hk, int d, DType t) {
-  Case c;
-  c.p.batch = b;
-  c.p.seqlen_q = sq;
-  c.p.seqlen_k = sk;
-  c.p.nheads = h;
-  c.p.nheads_k = hk;
-  c.p.head_dim = d;
-  c.dtype = t;
-  // A seed derived from the shape, so each case has its own fixed inputs.
-  c.seed = 1000003ull * b + 10007ull * sq + 101ull * sk + 13ull * h + 7ull * hk + d +
-           static_cast<unsigned>(t);
-  return c;
+  return flashplus::testing::make_case(b, sq, sk, h, hk, d, t);
 }
 
 std::vector<double> slopes(int n, double base) {

@@ -19,16 +19,7 @@ using flashplus::testing::Case;
 namespace {
 
 Case make(int b, int sq, int sk, int h, int hk, int d, DType t) {
-  Case c;
-  c.p.batch = b;
-  c.p.seqlen_q = sq;
-  c.p.seqlen_k = sk;
-  c.p.nheads = h;
-  c.p.nheads_k = hk;
-  c.p.head_dim = d;
-  c.dtype = t;
-  c.seed = 7919ull * sq + 104729ull * sk + 31ull * h + 17ull * hk + d + 3ull * static_cast<unsigned>(t);
-  return c;
+  return flashplus::testing::make_case(b, sq, sk, h, hk, d, t, /*salt=*/7919);
 }
 
 uint16_t bf16_of(float x) {  // round to nearest even, as the inputs of a bf16 tensor are

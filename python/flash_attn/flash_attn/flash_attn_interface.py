@@ -538,6 +538,13 @@ def _any_requires_grad(*ts):
             return True
     return False
 
+def _stash(ctx, tensors, **attrs):
+    """What an autograd class's backward needs: tensors through save_for_backward, the scalar
+    options as attributes of ctx."""
+    ctx.save_for_backward(*tensors)
+    for name, value in attrs.items():
+        setattr(ctx, name, value)
+
 
 class FlashAttnQKVPackedFunc(torch.autograd.Function):
     @staticmethod
@@ -554,14 +561,9 @@ class FlashAttnQKVPackedFunc(torch.autograd.Function):
             softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, rng_state), dropout_p=dropout_p,
+                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
     @staticmethod
@@ -594,15 +596,10 @@ class FlashAttnVarlenQKVPackedFunc(torch.autograd.Function):
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0, block_table=None)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens, rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.max_seqlen = max_seqlen
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, cu_seqlens, rng_state), dropout_p=dropout_p,
+                   max_seqlen=max_seqlen, softmax_scale=softmax_scale, causal=causal,
+                   window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+                   deterministic=deterministic)
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
     @staticmethod
@@ -634,14 +631,9 @@ class FlashAttnKVPackedFunc(torch.autograd.Function):
             softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, rng_state), dropout_p=dropout_p,
+                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
     @staticmethod
@@ -677,17 +669,10 @@ class FlashAttnVarlenKVPackedFunc(torch.autograd.Function):
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0, block_table=None)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k,
-                                  rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.max_seqlen_q = max_seqlen_q
-            ctx.max_seqlen_k = max_seqlen_k
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state),
+                   dropout_p=dropout_p, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
     @staticmethod
@@ -720,14 +705,9 @@ class FlashAttnFunc(torch.autograd.Function):
             softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, rng_state), dropout_p=dropout_p,
+                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
     @staticmethod
@@ -760,17 +740,10 @@ class FlashAttnVarlenFunc(torch.autograd.Function):
             window_size_right=int(window_size[1]), softcap=softcap, alibi_slopes=alibi_slopes,
             return_softmax=return_softmax and dropout_p > 0, block_table=block_table)
         if is_grad:
-            ctx.save_for_backward(q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k,
-                                  rng_state)
-            ctx.dropout_p = dropout_p
-            ctx.max_seqlen_q = max_seqlen_q
-            ctx.max_seqlen_k = max_seqlen_k
-            ctx.softmax_scale = softmax_scale
-            ctx.causal = causal
-            ctx.window_size = window_size
-            ctx.softcap = softcap
-            ctx.alibi_slopes = alibi_slopes
-            ctx.deterministic = deterministic
+            _stash(ctx, (q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, rng_state),
+                   dropout_p=dropout_p, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
             ctx.paged = block_table is not None
         return out if not return_softmax else (out, softmax_lse, S_dmask)
 
