@@ -1,7 +1,6 @@
 # flash_attn_func, flash_attn_kvpacked_func, flash_attn_qkvpacked_func: output, softmax_lse and
 # gradients against an fp64 reference, judged by upstream's rule (API.md §11): the error must be
 # at most 2x (gradients: 2x, 3x with softcap or ALiBi) that of the same math in the input dtype.
-import math
 import zlib
 
 import pytest

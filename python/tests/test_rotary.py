@@ -1,7 +1,6 @@
 # Rotary embeddings (API.md §7): apply_rotary (the torch-ops kernel behind upstream's Triton
 # one) against an element-wise fp64 reference, in place on strided views (ModernBERT), varlen,
 # int and tensor offsets, conjugate; the autograd wrappers and RotaryEmbedding.
-import math
 
 import pytest
 import torch

@@ -22,8 +22,7 @@
 #     upstream's block widths.
 #   * softmax_d (the backward's return value) has upstream's padded shape; the real values are in
 #     [..., :seqlen_q] (fixed) or [:, :total_q] (varlen), the padding is 0.
-import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 

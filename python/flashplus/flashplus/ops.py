@@ -53,7 +53,7 @@ class _Frame:
         self.stream = 0
 
 
-def _scale(q, softmax_scale):
+def _scale(softmax_scale):
     return 0.0 if softmax_scale is None else float(softmax_scale)
 
 
@@ -75,7 +75,7 @@ def fwd(q, k, v, *, softmax_scale=None, causal=False, window_size=(-1, -1), soft
     s_dmask = (f.empty((b, h, _round128(sq), _round128(k.shape[1])), f.dtype)
                if return_softmax else None)
     _core.mha_fwd(q, k, v, out, lse, alibi_slopes, s_dmask, float(dropout_p),
-                  _scale(q, softmax_scale), causal, int(window_size[0]), int(window_size[1]),
+                  _scale(softmax_scale), causal, int(window_size[0]), int(window_size[1]),
                   float(softcap), return_softmax, _backend(backend), num_threads, f.stream,
                   seed, offset)
     return (out, lse, s_dmask) if return_softmax else (out, lse)
@@ -90,7 +90,7 @@ def bwd(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_siz
     dk = f.empty(tuple(k.shape), f.dtype)
     dv = f.empty(tuple(v.shape), f.dtype)
     _core.mha_bwd(dout, q, k, v, out, lse, dq, dk, dv, alibi_slopes, None, float(dropout_p),
-                  _scale(q, softmax_scale), causal, int(window_size[0]), int(window_size[1]),
+                  _scale(softmax_scale), causal, int(window_size[0]), int(window_size[1]),
                   float(softcap), deterministic, _backend(backend), num_threads, f.stream,
                   seed, offset)
     return dq, dk, dv
@@ -106,7 +106,7 @@ def varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 
     lse = f.empty((q.shape[1], q.shape[0]), f.f32)
     _core.mha_varlen_fwd(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, None,
                          block_table, alibi_slopes, None, int(max_seqlen_q), int(max_seqlen_k),
-                         float(dropout_p), _scale(q, softmax_scale), False, causal,
+                         float(dropout_p), _scale(softmax_scale), False, causal,
                          int(window_size[0]), int(window_size[1]), float(softcap), False,
                          num_splits, _backend(backend), num_threads, f.stream, seed, offset)
     return out, lse
@@ -123,7 +123,7 @@ def varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q
     dv = f.empty(tuple(v.shape), f.dtype)
     _core.mha_varlen_bwd(dout, q, k, v, out, lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k,
                          alibi_slopes, None, int(max_seqlen_q), int(max_seqlen_k),
-                         float(dropout_p), _scale(q, softmax_scale), True, causal,
+                         float(dropout_p), _scale(softmax_scale), True, causal,
                          int(window_size[0]), int(window_size[1]), float(softcap),
                          deterministic, _backend(backend), num_threads, f.stream, seed, offset)
     return dq, dk, dv
@@ -142,7 +142,7 @@ def fwd_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, rota
     lse = f.empty((b, h, sq), f.f32)
     _core.mha_fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, rotary_cos, rotary_sin,
                           cache_batch_idx, cache_leftpad, block_table, alibi_slopes, out, lse,
-                          _scale(q, softmax_scale), causal, int(window_size[0]),
+                          _scale(softmax_scale), causal, int(window_size[0]),
                           int(window_size[1]), float(softcap), rotary_interleaved, num_splits,
                           _backend(backend), num_threads, f.stream)
     return out, lse

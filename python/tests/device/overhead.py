@@ -9,7 +9,6 @@ import time
 import torch
 
 import flash_attn
-import flashplus
 from flashplus import _core
 
 calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
