@@ -493,7 +493,7 @@ TEST_CASE("suites: errors name the file, the key path and the reason", "[suite]"
                         "cache_len", "page_size", "num_splits"})
     ax += fmt::format("{}\"{}\": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]", ax.empty() ? "" : ", ", k);
   CHECK_THAT(err(head + R"("matrices": [{"name": "m", "axes": {)" + ax + "}}]}"),
-             Catch::Contains("key 'matrices[0].axes'") && Catch::Contains("more than the 200000 a suite may have"));
+             Catch::Contains("key 'matrices[0].axes'") && Catch::Contains("more than the 20000 a suite may have"));
 }
 
 TEST_CASE("verify: guard band check and input generation", "[verify]") {
